@@ -1,0 +1,93 @@
+"""``add_sissi_config``: the ``cfg.SISSI`` node, in the style of Detectron2 projects."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_sissi_config", "BLUR_PRESETS"]
+
+# (kernel size, sigma) of the background blur of synthetic-like images. The paper names
+# "(21, 21) weak" and "(12, 32) strong", which cannot both be (kernel, sigma) pairs; the
+# authors' code uses kernel 71 / sigma 30 as strong. Weak keeps a 21 px kernel.
+BLUR_PRESETS = {"weak": (21, 7.0), "strong": (71, 30.0)}
+
+
+def add_sissi_config(cfg):
+    """Add the SISSI options to a Detectron2 config (in place) and return it."""
+    _C = cfg
+    _C.SISSI = CN()
+    # Labelled source domain, weakly labelled target domain (training), and the labelled
+    # source validation set whose loss is the only model-selection signal (paper sec. 4.1).
+    _C.SISSI.SOURCE_DATASETS = ()
+    _C.SISSI.TARGET_DATASETS = ()
+    _C.SISSI.SOURCE_VAL_DATASETS = ()
+    # Images per iteration from each domain, summed over all processes ("balanced gradient
+    # contribution": n source + n target in one forward pass).
+    _C.SISSI.IMS_PER_BATCH_SOURCE = 4
+    _C.SISSI.IMS_PER_BATCH_TARGET = 4
+    # Training length in epochs; one epoch is one pass over the target training set.
+    # SOLVER.MAX_ITER is derived from it (and SOLVER.STEPS may be given as epoch fractions).
+    _C.SISSI.EPOCHS = 30
+    # Save a checkpoint every N epochs (the last one is always kept for --resume).
+    _C.SISSI.CHECKPOINT_EVERY_EPOCHS = 1
+
+    # ---- data mappers (registry SISSI_MAPPER_REGISTRY) ----
+    _C.SISSI.MAPPER = CN()
+    _C.SISSI.MAPPER.SOURCE = "SISSISourceMapper"
+    _C.SISSI.MAPPER.TARGET = "SISSITargetMapper"
+
+    # ---- the paper's augmentations, as Detectron2 augmentations ----
+    _C.SISSI.AUG = CN()
+    _C.SISSI.AUG.HFLIP_PROB = 0.5
+    _C.SISSI.AUG.VFLIP_PROB = 0.5
+    # shift-scale-rotate: probability, max shift (fraction of size), max scale change, max degrees
+    _C.SISSI.AUG.SSR_PROB = 0.5
+    _C.SISSI.AUG.SSR_SHIFT = 0.0625
+    _C.SISSI.AUG.SSR_SCALE = 0.1
+    _C.SISSI.AUG.SSR_ROTATE = 45.0
+    _C.SISSI.AUG.BLUR_PROB = 0.2
+    _C.SISSI.AUG.BLUR_MAX_KSIZE = 7
+    # channel shuffle only changes colour input; grayscale replicated to 3 channels is unaffected
+    _C.SISSI.AUG.CHANNEL_SHUFFLE_PROB = 0.2
+
+    # ---- synthetic-like images by seamless cloning ----
+    _C.SISSI.CLONING = CN()
+    # "on_correction": from the first pseudo-label epoch on (the paper's A+SISSI and SISSI rows);
+    # "never": plain self-training (Baseline, Plain A); "always": from the first epoch.
+    _C.SISSI.CLONING.MODE = "never"
+    # "weak" | "strong" | "custom" (then KERNEL_SIZE and SIGMA are used)
+    _C.SISSI.CLONING.BLUR = "strong"
+    _C.SISSI.CLONING.KERNEL_SIZE = 71
+    _C.SISSI.CLONING.SIGMA = 30.0
+
+    # ---- when label correction starts (registry SISSI_START_RULE_REGISTRY) ----
+    # "adele" | "source_val_loss" | "epoch:N" | "never"
+    _C.SISSI.START_RULE = "adele"
+    _C.SISSI.ADELE = CN()
+    _C.SISSI.ADELE.THRESHOLD = 0.9  # relative drop of the AP50 slope that marks memorisation
+    # ADELE's n_epoch: the horizon over which the deceleration is counted; 0 = SISSI.EPOCHS
+    _C.SISSI.ADELE.HORIZON = 0
+    _C.SISSI.ADELE.MIN_POINTS = 4  # AP50 values needed before a fit is trusted
+    _C.SISSI.SOURCE_VAL = CN()
+    # epochs without a new lowest source validation loss before correction starts from the
+    # best checkpoint (the paper's Baseline)
+    _C.SISSI.SOURCE_VAL.PATIENCE = 3
+    _C.SISSI.SOURCE_VAL.MAX_IMAGES = 0  # 0 = the whole validation set
+
+    # ---- pseudo-labels: test-time augmentation + weighted boxes fusion ----
+    _C.SISSI.PSEUDO = CN()
+    _C.SISSI.PSEUDO.SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
+    _C.SISSI.PSEUDO.FLIPS = ("none", "h", "v", "hv")
+    _C.SISSI.PSEUDO.MIN_VIEW_SCORE = 0.01  # a view's boxes at or below this are dropped
+    _C.SISSI.PSEUDO.WBF_IOU_THR = 0.5
+    _C.SISSI.PSEUDO.WBF_SKIP_BOX_THR = 0.25
+    _C.SISSI.PSEUDO.WBF_CONF_TYPE = "avg"
+    _C.SISSI.PSEUDO.SCORE_THRESH = 0.25  # fused score needed to become a label
+    _C.SISSI.PSEUDO.NMS_THRESH = 0.2
+    _C.SISSI.PSEUDO.TOPK = 200
+    _C.SISSI.PSEUDO.BATCH_SIZE = 4  # views per forward pass
+
+    # ---- evaluation ----
+    _C.SISSI.EVAL = CN()
+    _C.SISSI.EVAL.MAX_DETS = 400  # COCO maxDets for AP/AR (cells are many per image)
+    # Extra annotation sets for the test images (several readers): list of COCO json paths;
+    # --eval-only prints one row per reader plus their mean.
+    _C.SISSI.EVAL.READERS = ()
+    return cfg

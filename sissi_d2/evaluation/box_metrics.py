@@ -1,0 +1,91 @@
+"""COCO box metrics between two sets of boxes in plain arrays (no model, no catalog).
+
+Used to score weak labels and pseudo-labels against true labels, the model against the weak
+labels (the memorisation curve), and by ``tools/compare_labels.py``. pycocotools does the
+matching; AR is ``stats[8]`` with maxDets raised for crowded cell images.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["coco_box_metrics", "METRIC_KEYS"]
+
+METRIC_KEYS = ("AP50", "AP75", "AP", "AR")
+
+
+def _as_boxes(boxes) -> np.ndarray:
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return arr
+
+
+def coco_box_metrics(
+    gt: Mapping[object, Sequence],
+    pred: Mapping[object, tuple],
+    max_dets: int = 400,
+) -> dict:
+    """COCO AP50 / AP75 / AP / AR (in percent) of predictions against one-class ground truth.
+
+    Args:
+        gt: image key -> Nx4 XYXY boxes (absolute pixels). Every key is an evaluated image.
+        pred: image key -> (Mx4 XYXY boxes, M scores). Missing keys mean no detections. Labels
+            (weak labels as detections) may pass scores of 1.
+        max_dets: detections per image considered (maxDets of the last COCO setting).
+
+    Returns a dict with the four metrics in percent, plus ``num_gt`` and ``num_pred``. Metrics are
+    NaN when the ground truth holds no box at all (undefined).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    keys = list(gt.keys())
+    images, annotations, detections = [], [], []
+    ann_id = 1
+    for img_id, key in enumerate(keys, start=1):
+        images.append({"id": img_id})
+        for x0, y0, x1, y1 in _as_boxes(gt[key]):
+            w, h = x1 - x0, y1 - y0
+            annotations.append(
+                {"id": ann_id, "image_id": img_id, "category_id": 1, "bbox": [x0, y0, w, h],
+                 "area": w * h, "iscrowd": 0}
+            )
+            ann_id += 1
+        if key in pred:
+            boxes, scores = pred[key]
+            boxes = _as_boxes(boxes)
+            scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+            if len(scores) != len(boxes):
+                raise ValueError(f"image {key!r}: {len(boxes)} boxes but {len(scores)} scores")
+            for (x0, y0, x1, y1), s in zip(boxes, scores):
+                detections.append(
+                    {"image_id": img_id, "category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                     "score": float(s)}
+                )
+    result = {"num_gt": len(annotations), "num_pred": len(detections)}
+    if not annotations:
+        result.update({k: float("nan") for k in METRIC_KEYS})
+        return result
+    if not detections:
+        result.update({k: 0.0 for k in METRIC_KEYS})
+        return result
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": annotations,
+                           "categories": [{"id": 1, "name": "cell"}]}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(detections)
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.maxDets = [max(1, max_dets // 4), max(1, max_dets // 2), max_dets]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = ev.stats
+    result.update(
+        {"AP": 100.0 * max(stats[0], 0.0), "AP50": 100.0 * max(stats[1], 0.0),
+         "AP75": 100.0 * max(stats[2], 0.0), "AR": 100.0 * max(stats[8], 0.0)}
+    )
+    return result

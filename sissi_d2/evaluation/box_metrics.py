@@ -85,7 +85,7 @@ def coco_box_metrics(
         ev.summarize()
     stats = ev.stats
     result.update(
-        {"AP": 100.0 * max(stats[0], 0.0), "AP50": 100.0 * max(stats[1], 0.0),
-         "AP75": 100.0 * max(stats[2], 0.0), "AR": 100.0 * max(stats[8], 0.0)}
+        {"AP": 100.0 * max(float(stats[0]), 0.0), "AP50": 100.0 * max(float(stats[1]), 0.0),
+         "AP75": 100.0 * max(float(stats[2]), 0.0), "AR": 100.0 * max(float(stats[8]), 0.0)}
     )
     return result

@@ -13,6 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
+case "$VPY" in /*) ;; *) VPY="$(pwd)/$VPY" ;; esac
 PIP="$VPY -m pip --disable-pip-version-check"
 
 have() { "$VPY" - "$@" <<'PYEOF' 2>/dev/null
@@ -51,8 +52,11 @@ PYEOF
   $PIP install -q --no-build-isolation "$src"
 fi
 
-if ! have sissi-d2; then
+here=$(pwd)
+if ! (cd / && "$VPY" -c "import os, sissi_d2; assert os.path.dirname(os.path.dirname(os.path.abspath(sissi_d2.__file__))) == '$here'" 2>/dev/null) \
+   || ! have sissi-d2 pytest hypothesis; then
   echo "[install] sissi_d2 (editable) and its dependencies"
-  $PIP install -q --no-build-isolation -e ".[test]"
+  # compat mode: a .pth pointing at this folder, so new subpackages need no reinstall
+  $PIP install -q --no-build-isolation --config-settings editable_mode=compat -e ".[test]"
 fi
 echo "[install] ok: $("$VPY" -c 'import torch, detectron2, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "detectron2", detectron2.__version__)')"

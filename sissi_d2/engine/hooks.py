@@ -1,0 +1,167 @@
+"""Epoch-boundary hooks of SISSI, usable in any Detectron2 trainer.
+
+An "epoch" is ``iters_per_epoch`` iterations; epoch ``e`` starts at iteration ``e * ipe`` and its
+work runs in ``before_step`` of that iteration, i.e. on the model as it was after ``e`` epochs.
+A run resumed at an epoch start repeats exactly that work; hook state is JSON-native so that
+fvcore's ``weights_only`` checkpoint loading accepts it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..algorithms.adele import MemorisationDetector
+from ..evaluation.box_metrics import coco_box_metrics
+from ..utils.atomic import atomic_open, atomic_write_json
+from .inference import RecordPredictor, image_key, inference_mode
+
+__all__ = ["EpochHook", "MemorisationHook", "SourceValLossHook", "boxes_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def boxes_of(records) -> dict:
+    return {
+        image_key(r): np.asarray([a["bbox"] for a in r.get("annotations", [])], np.float64).reshape(-1, 4)
+        for r in records
+    }
+
+
+class EpochHook(HookBase):
+    """Calls ``on_epoch_start(epoch)`` at the first iteration of every epoch."""
+
+    def __init__(self, iters_per_epoch: int):
+        self.iters_per_epoch = int(iters_per_epoch)
+
+    def before_step(self):
+        if self.trainer.iter % self.iters_per_epoch == 0:
+            self.on_epoch_start(self.trainer.iter // self.iters_per_epoch)
+
+    def on_epoch_start(self, epoch: int):
+        raise NotImplementedError
+
+
+class MemorisationHook(EpochHook):
+    """ADELE-style detection of the end of early learning (paper sec. 3.3).
+
+    Every epoch until it fires: AP50 of plain inference on the target training images against
+    their INITIAL weak labels; the learning curve fit and deceleration rule live in
+    ``algorithms.adele``. Logged as ``sissi/weak_ap50`` and to ``memorisation.json``.
+    """
+
+    def __init__(self, cfg, weak_records, iters_per_epoch: int, horizon: int, output_dir=None):
+        super().__init__(iters_per_epoch)
+        self.weak_boxes = boxes_of(weak_records)
+        self.records = list(weak_records)
+        self.predictor = RecordPredictor(cfg)
+        self.max_dets = cfg.SISSI.EVAL.MAX_DETS
+        a = cfg.SISSI.ADELE
+        self.detector = MemorisationDetector(horizon=horizon, threshold=a.THRESHOLD, min_points=a.MIN_POINTS)
+        self.output_dir = output_dir
+
+    @property
+    def fired_epoch(self):
+        return self.detector.fired_epoch
+
+    def weak_ap50(self) -> float:
+        preds = self.predictor.plain_predictions(self.trainer.model, self.records, desc="AP50 vs weak labels")
+        return float(coco_box_metrics(self.weak_boxes, preds, max_dets=self.max_dets)["AP50"]) / 100.0
+
+    def on_epoch_start(self, epoch: int):
+        if self.detector.fired_epoch is not None or len(self.detector.ap50) > epoch:
+            return  # latched, or this epoch was already observed (resumed run)
+        ap50 = self.weak_ap50()
+        fired = self.detector.observe(epoch, ap50)
+        update = self.detector.update_epochs[-1]
+        self.trainer.storage.put_scalar("sissi/weak_ap50", ap50, smoothing_hint=False)
+        logger.info(
+            "Memorisation check, epoch %d: AP50 vs weak labels %.4f, estimated update epoch %s%s",
+            epoch, ap50, update, " -> memorisation detected" if fired else "",
+        )
+        if self.output_dir and comm.is_main_process():
+            atomic_write_json(os.path.join(self.output_dir, "memorisation.json"), self.report())
+
+    def report(self) -> dict:
+        d = self.detector.state_dict()
+        d["epochs"] = list(range(len(self.detector.ap50)))
+        return d
+
+    def state_dict(self):
+        return {"detector": self.detector.state_dict()}
+
+    def load_state_dict(self, state):
+        self.detector.load_state_dict(state["detector"])
+
+
+class SourceValLossHook(EpochHook):
+    """Loss of the model on the labelled source validation set, every epoch (paper's Baseline
+    model selection). Keeps the weights with the lowest loss in ``best_source_val.pth``."""
+
+    def __init__(self, val_records, mapper, iters_per_epoch: int, output_dir=None, batch_size: int = 2):
+        super().__init__(iters_per_epoch)
+        self.records = list(val_records)
+        self.mapper = mapper
+        self.batch_size = batch_size
+        self.output_dir = output_dir
+        self.history: list = []  # [epoch, loss]
+        self.best_epoch = None
+        self.best_loss = math.inf
+
+    @property
+    def best_weights_path(self):
+        return os.path.join(self.output_dir or ".", "best_source_val.pth")
+
+    def validation_loss(self) -> float:
+        model = self.trainer.model
+        net = model.module if hasattr(model, "module") else model
+        rank, world = comm.get_rank(), comm.get_world_size()
+        mine = self.records[rank::world]
+        total, count = 0.0, 0
+        was_training = net.training
+        net.train()  # Detectron2 computes losses only in training mode ...
+        frozen = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in frozen:
+            m.eval()  # ... but BatchNorm statistics must not learn from the validation set
+        try:
+            with torch.no_grad():
+                for i in range(0, len(mine), self.batch_size):
+                    batch = [self.mapper(r) for r in mine[i : i + self.batch_size]]
+                    losses = net(batch)
+                    total += float(sum(losses.values())) * len(batch)
+                    count += len(batch)
+        finally:
+            net.train(was_training)
+        sums = comm.all_gather((total, count)) if world > 1 else [(total, count)]
+        n = sum(c for _, c in sums)
+        return sum(t for t, _ in sums) / max(n, 1)
+
+    def on_epoch_start(self, epoch: int):
+        if any(e == epoch for e, _ in self.history):
+            return
+        loss = self.validation_loss()
+        self.history.append([epoch, loss])
+        self.trainer.storage.put_scalar("sissi/source_val_loss", loss, smoothing_hint=False)
+        improved = loss < self.best_loss
+        logger.info("Source validation loss, epoch %d: %.4f%s", epoch, loss, " (best)" if improved else "")
+        if improved:
+            self.best_loss, self.best_epoch = loss, epoch
+            if self.output_dir and comm.is_main_process():
+                net = self.trainer.model.module if hasattr(self.trainer.model, "module") else self.trainer.model
+                with atomic_open(self.best_weights_path, "wb") as f:
+                    torch.save({"model": net.state_dict(), "epoch": epoch}, f)
+            comm.synchronize()
+
+    def state_dict(self):
+        return {"history": self.history, "best_epoch": self.best_epoch,
+                "best_loss": None if math.isinf(self.best_loss) else self.best_loss}
+
+    def load_state_dict(self, state):
+        self.history = [list(x) for x in state["history"]]
+        self.best_epoch = state["best_epoch"]
+        self.best_loss = math.inf if state["best_loss"] is None else state["best_loss"]

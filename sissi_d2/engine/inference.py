@@ -1,0 +1,130 @@
+"""Batched inference on dataset records: plain predictions and TTA + WBF pseudo-labels.
+
+The model sees each target image in every test-time view (real multi-scale: the view's scale
+multiplies the test resize, unlike the authors' code which resized every view back to one
+size), its boxes are mapped back to the original frame exactly (``algorithms.tta``) and fused
+(``algorithms.wbf``). With several processes each rank handles a shard of the images and the
+results are gathered, so every rank ends with the same predictions.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from ..algorithms.tta import TTAView, apply_view, make_views, view_size, undo_view
+from ..algorithms.wbf import fuse_views
+from ..data.image_io import read_bgr8
+from ..utils.progress import progress
+
+__all__ = ["RecordPredictor", "fusion_kwargs", "image_key"]
+
+logger = logging.getLogger(__name__)
+IDENTITY_VIEW = TTAView(1.0, False, False)
+
+
+def image_key(record) -> str:
+    return os.path.basename(record["file_name"])
+
+
+def fusion_kwargs(cfg) -> dict:
+    p = cfg.SISSI.PSEUDO
+    return dict(
+        iou_thr=p.WBF_IOU_THR, skip_box_thr=p.WBF_SKIP_BOX_THR, conf_type=p.WBF_CONF_TYPE,
+        min_view_score=p.MIN_VIEW_SCORE, score_thresh=p.SCORE_THRESH, nms_thresh=p.NMS_THRESH,
+        topk=p.TOPK,
+    )
+
+
+@contextlib.contextmanager
+def inference_mode(model):
+    """Eval mode and no autograd for the duration; the previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model.module if isinstance(model, DistributedDataParallel) else model
+    finally:
+        model.train(was_training)
+
+
+class RecordPredictor:
+    """Runs a detector over dataset records, in TTA views, in batches of ``batch_size`` inputs."""
+
+    def __init__(self, cfg, views=None, batch_size=None):
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+        self.input_format = cfg.INPUT.FORMAT
+        self.views = list(views) if views is not None else make_views(cfg.SISSI.PSEUDO.SCALES, cfg.SISSI.PSEUDO.FLIPS)
+        self.batch_size = int(batch_size or cfg.SISSI.PSEUDO.BATCH_SIZE)
+        self.fusion = fusion_kwargs(cfg)
+
+    def _view_inputs(self, image: np.ndarray, views):
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        for view in views:
+            img = apply_view(resized, view)
+            if self.input_format == "RGB":
+                img = img[:, :, ::-1]
+            out_h, out_w = view_size(view, height, width)
+            yield {"image": torch.as_tensor(np.ascontiguousarray(img.transpose(2, 0, 1))),
+                   "height": out_h, "width": out_w}
+
+    def _run_batched(self, model, items):
+        """items: iterable of (tag, input dict) -> list of (tag, boxes, scores) in input order."""
+        results, batch = [], []
+
+        def flush():
+            outputs = model([inp for _, inp in batch])
+            for (tag, _), out in zip(batch, outputs):
+                inst = out["instances"].to("cpu")
+                results.append((tag, inst.pred_boxes.tensor.numpy().astype(np.float32), inst.scores.numpy().astype(np.float32)))
+            batch.clear()
+
+        for item in items:
+            batch.append(item)
+            if len(batch) >= self.batch_size:
+                flush()
+        if batch:
+            flush()
+        return results
+
+    def predict_views(self, model, image: np.ndarray, views=None):
+        """Per view: (boxes in the original frame, scores)."""
+        views = self.views if views is None else views
+        height, width = image.shape[:2]
+        outs = self._run_batched(model, zip(views, self._view_inputs(image, views)))
+        return [(undo_view(boxes, view, height, width), scores) for view, boxes, scores in outs]
+
+    def fused_boxes(self, model, image: np.ndarray):
+        height, width = image.shape[:2]
+        per_view = self.predict_views(model, image)
+        return fuse_views([b for b, _ in per_view], [s for _, s in per_view], height, width, **self.fusion)
+
+    def _sharded(self, model, records, fn, desc):
+        rank, world = comm.get_rank(), comm.get_world_size()
+        mine = records[rank::world]
+        local = {}
+        with inference_mode(model) as net:
+            for record in progress(mine, desc=desc, disable=not comm.is_main_process()):
+                boxes, scores = fn(net, read_bgr8(record["file_name"]))
+                local[image_key(record)] = (np.asarray(boxes, np.float32).reshape(-1, 4).tolist(),
+                                            np.asarray(scores, np.float32).reshape(-1).tolist())
+        merged = {}
+        for part in (comm.all_gather(local) if world > 1 else [local]):
+            merged.update(part)
+        return {k: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)) for k, (b, s) in merged.items()}
+
+    def plain_predictions(self, model, records, desc="inference"):
+        """file basename -> (boxes, scores) of plain single-view inference, on every rank."""
+        return self._sharded(model, records, lambda net, img: self.predict_views(net, img, [IDENTITY_VIEW])[0], desc)
+
+    def pseudo_labels(self, model, records, desc="pseudo-labels"):
+        """file basename -> fused (boxes, scores) of all TTA views, on every rank."""
+        return self._sharded(model, records, self.fused_boxes, desc)
+

@@ -1,0 +1,58 @@
+"""Config building shared by the command-line tools: merge, validate, register data, pick device."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from detectron2.config import get_cfg
+
+from .config import add_sissi_config
+
+__all__ = ["build_config", "resolve_device", "register_known_datasets"]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(cfg) -> None:
+    """MODEL.DEVICE=cuda* on a machine without CUDA falls back to CPU with one warning."""
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger("sissi_d2").warning(
+            "MODEL.DEVICE=%s but CUDA is not available: running on CPU instead.", cfg.MODEL.DEVICE
+        )
+        cfg.MODEL.DEVICE = "cpu"
+
+
+def register_known_datasets(cfg=None) -> list:
+    """Register the real shared data sets and the synthetic demo set where they exist."""
+    from .data.builtin import register_shared_datasets, register_synthetic_datasets, default_synthetic_root
+
+    names = list(register_shared_datasets())
+    root = os.environ.get("SISSI_SYNTHETIC_ROOT") or default_synthetic_root()
+    if os.path.isdir(root):
+        names += list(register_synthetic_datasets(root))
+    return names
+
+
+def build_config(config_file: str | None = None, opts=(), freeze: bool = True):
+    """Detectron2 config + SISSI node, merged from a file and KEY VALUE overrides."""
+    cfg = get_cfg()
+    add_sissi_config(cfg)
+    try:
+        if config_file:
+            if not os.path.isfile(config_file):
+                raise FileNotFoundError(f"Config file not found: {config_file}")
+            cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        if isinstance(e, AssertionError) and "Non-existent" not in str(e):
+            raise
+        where = config_file or "the command line"
+        raise KeyError(
+            f"{e.args[0] if e.args else e} (in {where}). Valid keys are Detectron2's plus those of "
+            "sissi_d2/config.py (cfg.SISSI.*): check the spelling."
+        ) from None
+    resolve_device(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg

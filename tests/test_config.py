@@ -1,0 +1,50 @@
+import os
+
+import pytest
+
+import sissi_d2  # noqa: F401
+from sissi_d2.setup import build_config
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CONFIGS = sorted(
+    os.path.relpath(os.path.join(d, f), ROOT)
+    for d, _, fs in os.walk(os.path.join(ROOT, "configs")) for f in fs
+    if f.endswith(".yaml") and not f.startswith("Base-RCNN")
+)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_loads(path):
+    cfg = build_config(os.path.join(ROOT, path))
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 1
+    assert cfg.TEST.DETECTIONS_PER_IMAGE >= cfg.SISSI.EVAL.MAX_DETS
+    assert cfg.SISSI.START_RULE.split(":")[0] in ("adele", "source_val_loss", "epoch", "never")
+
+
+def test_paper_rows_differ_as_in_table1():
+    load = lambda name: build_config(os.path.join(ROOT, "configs", name))  # noqa: E731
+    assert load("sissi_s.yaml").SISSI.CLONING.BLUR == "strong"
+    assert load("sissi_w.yaml").SISSI.CLONING.BLUR == "weak"
+    assert load("adele_sissi_s.yaml").SISSI.START_RULE == "adele"
+    assert load("baseline.yaml").SISSI.CLONING.MODE == "never"
+    assert load("oracle.yaml").SISSI.TARGET_DATASETS == ("usiigaci_train_oracle",)
+    paper = load("sissi_s.yaml")
+    assert (paper.SOLVER.BASE_LR, paper.SOLVER.MOMENTUM, paper.SOLVER.WEIGHT_DECAY) == (0.001, 0.9, 0.0002)
+    assert paper.MODEL.RESNETS.DEPTH == 50 and paper.INPUT.MIN_SIZE_TRAIN == (512,)
+    assert load("cpu/sissi_s.yaml").MODEL.RESNETS.DEPTH == 18
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_BASE_: %s\nSISSI:\n  START_RUEL: adele\n" % os.path.join(ROOT, "configs", "Base-SISSI.yaml"))
+    with pytest.raises(KeyError, match="START_RUEL.*bad.yaml"):
+        build_config(str(bad))
+    with pytest.raises(KeyError, match="NOPE"):
+        build_config(None, ["SISSI.NOPE", "1"])
+
+
+def test_cuda_device_falls_back_to_cpu(caplog):
+    import torch
+
+    cfg = build_config(os.path.join(ROOT, "configs", "sissi_s.yaml"), ["MODEL.DEVICE", "cuda"])
+    assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")

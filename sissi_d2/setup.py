@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 
 from .config import add_sissi_config
 
-__all__ = ["build_config", "resolve_device", "register_known_datasets"]
+__all__ = ["build_config", "resolve_device", "register_known_datasets", "synthetic_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,12 +23,19 @@ def resolve_device(cfg) -> None:
         cfg.MODEL.DEVICE = "cpu"
 
 
+def synthetic_root() -> str:
+    """Where the demo's synthetic data set lives (env SISSI_SYNTHETIC_ROOT overrides)."""
+    from .data.datasets import cache_dir
+
+    return os.environ.get("SISSI_SYNTHETIC_ROOT") or os.path.join(cache_dir(), "synthetic")
+
+
 def register_known_datasets(cfg=None) -> list:
     """Register the real shared data sets and the synthetic demo set where they exist."""
-    from .data.builtin import register_shared_datasets, register_synthetic_datasets, default_synthetic_root
+    from .data.builtin import register_shared_datasets, register_synthetic_datasets
 
     names = list(register_shared_datasets())
-    root = os.environ.get("SISSI_SYNTHETIC_ROOT") or default_synthetic_root()
+    root = synthetic_root()
     if os.path.isdir(root):
         names += list(register_synthetic_datasets(root))
     return names

@@ -17,6 +17,7 @@ OpenCV behaviour this module works around (checked on opencv-python-headless 5.0
   only if center = (R.x + R.width // 2, R.y + R.height // 2) with floor division *of the
   trimmed mask*; a rounded centre, or the rect of an untrimmed mask touching the right or
   bottom border, shifts the cells by one pixel.
+* It raises (``!fixedSize()``) when that rect is less than 3 pixels wide or high.
 * It erodes the mask by 3 pixels and fixes the pixels outside to ``dst``: the outer ~4 pixels
   of every box get the blurred background, and a box at the image border loses its ~4 border
   pixels. The image is therefore reflect-padded (image, background and mask) by ``_PAD`` pixels
@@ -99,6 +100,10 @@ def _clone_in_place(image3: np.ndarray, blurred3: np.ndarray, mask: np.ndarray) 
     padded_mask[0, :] = padded_mask[-1, :] = 0
     padded_mask[:, 0] = padded_mask[:, -1] = 0
     x, y, w, h = cv2.boundingRect(padded_mask)
+    if w < 3 or h < 3:
+        # OpenCV raises on a rect thinner than 3 px; its 3-px erosion would leave nothing of
+        # such a mask anyway, so the result is the background.
+        return blurred3
     center = (x + w // 2, y + h // 2)
     out = cv2.seamlessClone(src, dst, padded_mask.copy(), center, cv2.MIXED_CLONE)
     return out[_PAD:-_PAD, _PAD:-_PAD]

@@ -53,10 +53,10 @@ class RandomShiftScaleRotate(T.Augmentation):
         if self._rand_range() >= self.prob:
             return NoOpTransform()
         h, w = image.shape[:2]
-        angle = self._rand_range(-self.rotate, self.rotate)
-        scale = self._rand_range(1.0 - self.scale, 1.0 + self.scale)
-        dx = self._rand_range(-self.shift, self.shift) * w
-        dy = self._rand_range(-self.shift, self.shift) * h
+        angle = float(self._rand_range(-self.rotate, self.rotate))
+        scale = float(self._rand_range(1.0 - self.scale, 1.0 + self.scale))
+        dx = float(self._rand_range(-self.shift, self.shift)) * w
+        dy = float(self._rand_range(-self.shift, self.shift)) * h
         matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, scale)
         matrix[0, 2] += dx
         matrix[1, 2] += dy

@@ -131,9 +131,9 @@ class LabelCorrectionHook(EpochHook):
         epoch, start_batch = divmod(self.t.iter, ipe)
         if self._loader_key != (epoch, start_batch):
             self.t.set_epoch_loader(epoch, start_batch, cloning=self.cloning(epoch))
-        self._loader_key = (epoch, start_batch + 1)  # what the next step continues with
-        if start_batch + 1 >= ipe:
-            self._loader_key = (epoch + 1, 0)
+        # The loader in place serves the next batch of this epoch; an epoch's loader ends with
+        # the epoch, and the next one is built after that epoch's label correction.
+        self._loader_key = (epoch, start_batch + 1) if start_batch + 1 < ipe else None
 
     def after_train(self):
         self.t.close_loader()

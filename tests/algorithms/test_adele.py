@@ -71,7 +71,8 @@ def test_slope_is_the_derivative_of_the_curve():
     params = (0.8, 0.6, 3.0)
     x = np.array([0.5, 1.0, 2.0, 7.0])
     h = 1e-5
-    numeric = (learning_curve(x + 1e-6 + h, *params) - learning_curve(x + 1e-6 - h, *params)) / (2 * h)
+    x_eval = x + 1e-6
+    numeric = (learning_curve(x_eval + h, *params) - learning_curve(x_eval - h, *params)) / (2 * h)
     assert np.allclose(learning_curve_slope(x, *params), numeric, rtol=1e-5)
     assert math.isfinite(float(learning_curve_slope(0.0, *params)))  # 1e-6 offset at x = 0
 

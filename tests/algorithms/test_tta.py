@@ -27,7 +27,8 @@ def test_default_views_are_the_20_of_the_paper():
     views = make_views()
     assert len(views) == 20 == len(set(views))
     assert sorted({v.scale for v in views}) == [0.8, 0.9, 1.0, 1.1, 1.2]
-    assert {(v.hflip, v.vflip) for v in views} == {(False, False), (True, False), (False, True), (True, True)}
+    flips = {(v.hflip, v.vflip) for v in views}
+    assert flips == {(False, False), (True, False), (False, True), (True, True)}
     assert TTAView(1.0, False, False) in views
 
 
@@ -71,10 +72,14 @@ def test_image_and_box_transforms_agree():
     for view in make_views():
         out = apply_view(image, view)
         x1, y1, x2, y2 = apply_view_to_boxes(box, view, height, width)[0]
-        inside = out[int(np.ceil(y1)) + 1:int(np.floor(y2)) - 1, int(np.ceil(x1)) + 1:int(np.floor(x2)) - 1]
+        rows = slice(int(np.ceil(y1)) + 1, int(np.floor(y2)) - 1)
+        cols = slice(int(np.ceil(x1)) + 1, int(np.floor(x2)) - 1)
+        inside = out[rows, cols]
         assert inside.min() == 255, view
         grown = out.copy()
-        grown[max(0, int(y1) - 1):int(np.ceil(y2)) + 1, max(0, int(x1) - 1):int(np.ceil(x2)) + 1] = 0
+        rows = slice(max(0, int(y1) - 1), int(np.ceil(y2)) + 1)
+        cols = slice(max(0, int(x1) - 1), int(np.ceil(x2)) + 1)
+        grown[rows, cols] = 0
         assert grown.max() == 0, view  # nothing bright outside the mapped box
 
 
@@ -89,7 +94,8 @@ def test_undo_inverts_every_view_exactly(height, width):
         assert predicted.min() >= -1e-9
         assert predicted[:, [0, 2]].max() <= view_w + 1e-9
         assert predicted[:, [1, 3]].max() <= view_h + 1e-9
-        assert np.all(predicted[:, 2] >= predicted[:, 0]) and np.all(predicted[:, 3] >= predicted[:, 1])
+        assert np.all(predicted[:, 2] >= predicted[:, 0])
+        assert np.all(predicted[:, 3] >= predicted[:, 1])
         restored = undo_view(predicted, view, height, width)
         np.testing.assert_allclose(restored, boxes, atol=1e-4, err_msg=str(view))
 

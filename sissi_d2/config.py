@@ -18,6 +18,9 @@ def add_sissi_config(cfg):
     _C.SISSI.SOURCE_DATASETS = ()
     _C.SISSI.TARGET_DATASETS = ()
     _C.SISSI.SOURCE_VAL_DATASETS = ()
+    # Data sets to register before training, "NAME=KIND:PATH" with KIND cellpose, coco,
+    # celllab or images, e.g. ("mylab_weak=coco:/data/lab/weak.json",).
+    _C.SISSI.REGISTER = ()
     # Images per iteration from each domain, summed over all processes ("balanced gradient
     # contribution": n source + n target in one forward pass).
     _C.SISSI.IMS_PER_BATCH_SOURCE = 4

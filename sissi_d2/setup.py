@@ -38,7 +38,20 @@ def register_known_datasets(cfg=None) -> list:
     root = synthetic_root()
     if os.path.isdir(root):
         names += list(register_synthetic_datasets(root))
+    for spec in (cfg.SISSI.REGISTER if cfg is not None else ()):
+        names.append(register_from_spec(spec))
     return names
+
+
+def register_from_spec(spec: str) -> str:
+    """Register one data set written as "NAME=KIND:PATH" (SISSI.REGISTER)."""
+    from .data.datasets import register_sissi_dataset
+
+    name, sep, rest = spec.partition("=")
+    kind, sep2, path = rest.partition(":")
+    if not (sep and sep2 and name and kind and path):
+        raise ValueError(f"SISSI.REGISTER entry {spec!r}: write NAME=KIND:PATH, e.g. mylab=images:/data/lab")
+    return register_sissi_dataset(name.strip(), kind.strip(), path.strip())
 
 
 def build_config(config_file: str | None = None, opts=(), freeze: bool = True):

@@ -48,8 +48,8 @@ def main(args):
 def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument(
-        "--eval-readers", nargs="*", default=None, metavar="JSON",
-        help="extra COCO json annotation sets (other readers) of the test images: one row each plus the mean",
+        "--eval-reader", dest="eval_readers", action="append", default=None, metavar="JSON",
+        help="another reader's COCO json for the test images (repeat for several): one row each plus the mean",
     )
     return parser.parse_args(argv)
 

@@ -146,6 +146,11 @@ def read_image_size(path) -> tuple[int, int]:
         with Image.open(path) as im:
             width, height = im.size
             fmt = im.format
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(
+            f"Image {path} is larger than Pillow's safety limit ({e}). Tile it into smaller images "
+            "first; whole-slide images do not fit a detector's input anyway."
+        ) from e
     except Exception as e:  # PIL raises UnidentifiedImageError, SyntaxError, OSError, ...
         raise ImageReadError(
             f"Cannot read the header of image {path} ({os.path.getsize(path)} bytes; "

@@ -124,5 +124,6 @@ def format_results(results) -> str:
     for dataset, res in (results.items() if "bbox" not in results else [("", results)]):
         for key, metrics in res.items():
             if isinstance(metrics, dict) and key.startswith("bbox"):
-                rows.append([dataset, key] + [metrics.get(k, float("nan")) for k in METRIC_KEYS])
+                reader = key.split("/", 1)[1] if "/" in key else "mean of readers"
+                rows.append([dataset, reader] + [metrics.get(k, float("nan")) for k in METRIC_KEYS])
     return tabulate(rows, headers=["dataset", "reader"] + list(METRIC_KEYS), floatfmt=".1f", tablefmt="pipe")

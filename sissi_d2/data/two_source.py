@@ -14,10 +14,11 @@ which is also when the target labels and the cloning state may change.
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import torch.utils.data as torchdata
-from detectron2.data.common import DatasetFromList, MapDataset
+from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
 __all__ = ["EpochIndexSampler", "build_domain_loader", "TwoSourceLoader", "iters_per_epoch", "per_rank_batch"]
@@ -65,10 +66,14 @@ class EpochIndexSampler(torchdata.Sampler):
         return np.concatenate(parts)[:needed]
 
     def __iter__(self):
+        """Yields (dataset index, draw seed): the seed makes each draw's augmentation a function
+        of (seed, epoch, position) only, whatever the worker count or a resume."""
         order = self.global_order().reshape(self.num_batches, self.global_batch)
         lo = self.rank * self.local_batch
         for b in range(self.start_batch, self.num_batches):
-            yield from order[b, lo : lo + self.local_batch].tolist()
+            for j, index in enumerate(order[b, lo : lo + self.local_batch].tolist()):
+                position = b * self.global_batch + lo + j
+                yield index, int(np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1)[0])
 
     def __len__(self):
         return (self.num_batches - self.start_batch) * self.local_batch
@@ -78,21 +83,30 @@ def _trivial_batch_collator(batch):
     return batch
 
 
-def _worker_init(worker_id: int):
-    # Detectron2 augmentations draw from numpy's global RNG: seed each worker differently.
-    import torch
+class SeededMapDataset(torchdata.Dataset):
+    """Maps record ``index`` with the global RNGs seeded by the draw's seed: Detectron2
+    augmentations draw from numpy's global RNG, which would otherwise depend on the worker."""
 
-    np.random.seed((torch.initial_seed() + worker_id) % 2**32)
+    def __init__(self, records, mapper):
+        self._records = DatasetFromList(records, copy=False, serialize=True)
+        self._mapper = mapper
+
+    def __len__(self):
+        return len(self._records)
+
+    def __getitem__(self, item):
+        index, seed = item
+        np.random.seed(seed)
+        random.seed(seed)
+        return self._mapper(self._records[index])
 
 
 def build_domain_loader(records, mapper, sampler: EpochIndexSampler, num_workers: int):
     """A finite loader of whole per-rank batches of one domain."""
-    dataset = MapDataset(DatasetFromList(records, copy=False, serialize=True), mapper)
     batch_sampler = torchdata.BatchSampler(sampler, sampler.local_batch, drop_last=True)
     return torchdata.DataLoader(
-        dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-        collate_fn=_trivial_batch_collator, worker_init_fn=_worker_init,
-        persistent_workers=False,
+        SeededMapDataset(records, mapper), batch_sampler=batch_sampler, num_workers=num_workers,
+        collate_fn=_trivial_batch_collator, persistent_workers=False,
     )
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import weakref
 
+import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.data.build import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
@@ -233,6 +234,13 @@ class SISSITrainer(DefaultTrainer):
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
         return ret
+
+    def run_step(self):
+        # Torch's RNG (RPN / RoI sampling) is reseeded each step from (SEED, iteration), so a
+        # resumed run draws exactly what an uninterrupted one would.
+        if self.cfg.SEED >= 0:
+            torch.manual_seed(self.cfg.SEED * 1_000_003 + self.iter * (comm.get_world_size()) + comm.get_rank())
+        super().run_step()
 
     def state_dict(self):
         ret = super().state_dict()

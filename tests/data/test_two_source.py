@@ -49,13 +49,30 @@ def test_sampler_shards_global_batches():
     from sissi_d2.data.two_source import EpochIndexSampler
 
     kw = dict(size=10, global_batch=4, num_batches=3, seed=1, epoch=0)
-    ranks = [list(EpochIndexSampler(**kw, rank=r, world_size=2)) for r in (0, 1)]
+    ranks = [[i for i, _ in EpochIndexSampler(**kw, rank=r, world_size=2)] for r in (0, 1)]
     order = EpochIndexSampler(**kw).global_order().reshape(3, 4)
     for b in range(3):
         assert ranks[0][2 * b : 2 * b + 2] + ranks[1][2 * b : 2 * b + 2] == order[b].tolist()
     assert sorted(order.ravel()[:10].tolist()) == list(range(10))
     with pytest.raises(ValueError, match="multiple"):
         EpochIndexSampler(**kw, rank=0, world_size=3)
+
+
+def test_augmentation_independent_of_workers(tiny_datasets, tmp_path):
+    from sissi_d2.data.mappers import build_mapper
+    from sissi_d2.data.two_source import TwoSourceLoader
+
+    cfg = tiny_config(tmp_path)
+
+    def images(workers):
+        loader = TwoSourceLoader.for_epoch(
+            _records("tiny_source"), _records("tiny_target"), build_mapper(cfg, "source"),
+            build_mapper(cfg, "target", cloning=True), source_batch_total=2, target_batch_total=2,
+            seed=0, epoch=1, num_workers=workers)
+        return [(d["image"].float().sum().item(), d["instances"].gt_boxes.tensor.sum().item())
+                for batch in loader for d in batch]
+
+    assert images(0) == images(2)
 
 
 def _rank_batches(out_dir, root):

@@ -68,6 +68,8 @@ def add_sissi_config(cfg):
     # ADELE's n_epoch: the horizon over which the deceleration is counted; 0 = SISSI.EPOCHS
     _C.SISSI.ADELE.HORIZON = 0
     _C.SISSI.ADELE.MIN_POINTS = 4  # AP50 values needed before a fit is trusted
+    # Run the memorisation check (and write memorisation.json) whatever the start rule.
+    _C.SISSI.ADELE.TRACK = False
     _C.SISSI.SOURCE_VAL = CN()
     # epochs without a new lowest source validation loss before correction starts from the
     # best checkpoint (the paper's Baseline)

@@ -93,7 +93,8 @@ def main(argv=None) -> int:
                                 overlays=args.overlays, skip_bad=args.skip_bad, show_progress=not args.no_progress)
     except (ImageReadError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"predict.py: error: {msg}", file=sys.stderr)
+        hint = " (pass --skip-bad to leave unreadable images out and go on)" if isinstance(e, ImageReadError) else ""
+        print(f"predict.py: error: {msg}{hint}", file=sys.stderr)
         return 2
     n = result["images"]
     print(f"{n} image(s), {result['cells']} cells at score >= {args.score_thresh:g} "

@@ -41,6 +41,7 @@ __all__ = [
     "load_labels",
     "label_key",
     "match_keys",
+    "register_sources",
 ]
 
 logger = logging.getLogger(__name__)
@@ -236,15 +237,14 @@ def _unique_names(paths: Sequence[str], ext: str = ".png") -> list:
 
 def write_overlays(predictions: Sequence[Prediction], folder: str, score_thresh: float) -> list:
     """One PNG per image: the (8-bit) image with its boxes of score >= ``score_thresh``."""
-    from ..utils import overlay
+    from ..utils.visualize import draw_boxes, save_png, side_by_side
 
     os.makedirs(folder, exist_ok=True)
     written = []
     for p, name in zip(predictions, _unique_names([p.file_name for p in predictions])):
-        keep = p.scores >= score_thresh
-        image = overlay.draw_boxes(read_bgr8(p.file_name), p.boxes[keep], color=overlay.GREEN)
-        image = overlay.add_title(image, f"{os.path.basename(p.file_name)}: {int(keep.sum())} cells")
-        written.append(overlay.write_png(os.path.join(folder, name), image))
+        image = draw_boxes(read_bgr8(p.file_name), p.boxes, color="green", scores=p.scores, min_score=score_thresh)
+        title = f"{os.path.basename(p.file_name)}: {p.count(score_thresh)} cells"
+        written.append(save_png(os.path.join(folder, name), side_by_side([image], [title], pad=0)))
     return written
 
 
@@ -448,3 +448,16 @@ def match_keys(reference: Iterable[str], other: Iterable[str]) -> dict:
             elif s in stripped:
                 out[k] = stripped[s]
     return out
+
+
+def register_sources(config_file: str | None = None, specs: Sequence[str] = (), opts: Sequence[str] = ()) -> list:
+    """Register the known data sets (shared, synthetic), those of a config's SISSI.REGISTER and
+    ``specs`` ("NAME=KIND:PATH"), so that label sources can be given by data set name."""
+    from ..setup import build_config, register_from_spec, register_known_datasets
+
+    # only SISSI.REGISTER is used: the device is irrelevant (and CPU avoids a CUDA warning)
+    cfg = build_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"]) if (config_file or opts) else None
+    names = register_known_datasets(cfg)
+    for spec in specs:
+        names.append(register_from_spec(spec))
+    return names

@@ -1,7 +1,8 @@
 """When label correction starts, selected by ``SISSI.START_RULE`` through a registry.
 
 A rule answers ``correcting(epoch)``: whether epoch ``epoch`` trains on pseudo-labels made at
-its start. Rules may contribute hooks (the ADELE rule brings the ``MemorisationHook``).
+its start. Rules read the signals of the trainer's epoch hooks (``trainer.memorisation_hook``,
+``trainer.source_val_hook``).
 """
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import re
 
 import torch
 from fvcore.common.registry import Registry
-
-from .hooks import MemorisationHook
 
 __all__ = ["SISSI_START_RULE_REGISTRY", "build_start_rule", "register_start_rule", "StartRule"]
 
@@ -37,9 +36,6 @@ def register_start_rule(name: str):
 class StartRule:
     def __init__(self, cfg, trainer, arg=None):
         self.cfg, self.trainer, self.arg = cfg, trainer, arg
-
-    def hooks(self) -> list:
-        return []
 
     def correcting(self, epoch: int) -> bool:
         raise NotImplementedError
@@ -78,18 +74,8 @@ class AdeleStart(StartRule):
     """Memorisation detected on the AP50-vs-weak-labels curve (paper sec. 3.3). The firing
     epoch still trains on the weak labels; the first pseudo-labels come one epoch later."""
 
-    def __init__(self, cfg, trainer, arg=None):
-        super().__init__(cfg, trainer, arg)
-        horizon = cfg.SISSI.ADELE.HORIZON or cfg.SISSI.EPOCHS
-        self.memorisation = MemorisationHook(
-            cfg, trainer.initial_target_records, trainer.iters_per_epoch, horizon, trainer.sissi_dir
-        )
-
-    def hooks(self):
-        return [self.memorisation]
-
     def correcting(self, epoch):
-        fired = self.memorisation.fired_epoch
+        fired = self.trainer.memorisation_hook.fired_epoch
         return fired is not None and epoch > fired
 
 

@@ -25,7 +25,7 @@ from ..data.mappers import SISSISourceMapper, build_mapper
 from ..data.two_source import TwoSourceLoader, iters_per_epoch, per_rank_batch
 from ..evaluation.evaluator import CellBoxEvaluator
 from .checkpoint import AtomicCheckpointer
-from .hooks import EpochHook, SourceValLossHook
+from .hooks import EpochHook, MemorisationHook, SourceValLossHook
 from .inference import RecordPredictor, image_key
 from .start_rules import build_start_rule
 
@@ -192,6 +192,14 @@ class SISSITrainer(DefaultTrainer):
                 val_records = val_records[: cfg.SISSI.SOURCE_VAL.MAX_IMAGES]
             val_mapper = SISSISourceMapper(cfg, is_train=True, augmentations=_test_resize(cfg))
             self.source_val_hook = SourceValLossHook(val_records, val_mapper, self.iters_per_epoch, self.sissi_dir)
+        # The memorisation check runs for the ADELE rule, and for any rule with ADELE.TRACK (its
+        # curve is informative on every row, and rows that share their past share it too).
+        self.memorisation_hook = None
+        if str(cfg.SISSI.START_RULE).startswith("adele") or cfg.SISSI.ADELE.TRACK:
+            horizon = cfg.SISSI.ADELE.HORIZON or cfg.SISSI.EPOCHS
+            self.memorisation_hook = MemorisationHook(
+                cfg, self.initial_target_records, self.iters_per_epoch, horizon, self.sissi_dir
+            )
         self.start_rule = build_start_rule(cfg, self)
         self.correction_hook = LabelCorrectionHook(self, self.start_rule)
         self.register_hooks(self.build_hooks())
@@ -220,7 +228,8 @@ class SISSITrainer(DefaultTrainer):
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
         if self.source_val_hook is not None:
             ret.append(self.source_val_hook)
-        ret.extend(self.start_rule.hooks())
+        if self.memorisation_hook is not None:
+            ret.append(self.memorisation_hook)
         ret.append(self.correction_hook)
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))

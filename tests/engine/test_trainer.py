@@ -60,3 +60,28 @@ def test_unknown_start_rule_is_a_clear_error(tiny_datasets, tmp_path):
 
     with pytest.raises(ValueError, match="registered rules"):
         SISSITrainer(tiny_config(tmp_path, "SISSI.START_RULE", "sometimes"))
+
+
+def test_adele_rule_writes_memorisation_curve(tiny_datasets, tmp_path):
+    cfg = tiny_config(tmp_path, "SISSI.EPOCHS", "2", "SISSI.START_RULE", "adele")
+    trainer = _train(cfg)
+    report = json.loads((tmp_path / "sissi" / "memorisation.json").read_text())
+    assert len(report["ap50"]) == 2 and report["epochs"] == [0, 1]
+    assert all(0.0 <= v <= 1.0 for v in report["ap50"])
+    assert trainer.memorisation_hook.detector.fired_epoch is None  # fewer points than MIN_POINTS
+
+
+def test_source_val_rule_restores_best_weights(tiny_datasets, tmp_path):
+    cfg = tiny_config(tmp_path, "SISSI.EPOCHS", "3", "SISSI.START_RULE", "source_val_loss",
+                      "SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)", "SISSI.SOURCE_VAL.PATIENCE", "1",
+                      "SISSI.ADELE.TRACK", "True")
+    trainer = _train(cfg)
+    val = trainer.source_val_hook
+    assert [e for e, _ in val.history] == [0, 1, 2]
+    fired = trainer.start_rule.fired_epoch
+    losses = [l for _, l in val.history]
+    if fired is None:  # the loss kept falling: never more than PATIENCE epochs without a new best
+        assert losses == sorted(losses, reverse=True)
+    else:
+        assert fired - val.best_epoch >= 1 and (tmp_path / "sissi" / "pseudo_labels" / f"epoch_{fired:04d}.json").exists()
+    assert (tmp_path / "sissi" / "memorisation.json").exists()  # ADELE.TRACK with another rule

@@ -174,6 +174,8 @@ class SISSITrainer(DefaultTrainer):
             len(self.target_records), self.iters_per_epoch, cfg.SISSI.EPOCHS, cfg.SOLVER.MAX_ITER,
         )
 
+        if cfg.SEED >= 0:
+            torch.manual_seed(cfg.SEED)  # same initial weights for every row with this seed
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         model = create_ddp_model(model)

@@ -147,10 +147,11 @@ def predict_files(cfg, model, paths: Sequence[str], batch_size: int = 4, tta: bo
                   skip_bad: bool = False, show_progress: bool = True):
     """Run the detector on image files.
 
-    Plain inference batches ``batch_size`` images per forward pass (single view, the test resize
-    of ``cfg``). With ``tta`` every image goes through the TTA + WBF pseudo-label code path
-    (``RecordPredictor.fused_boxes``: the views of ``SISSI.PSEUDO``, fused and thresholded as the
-    pseudo-labels are), ``batch_size`` views per forward pass.
+    Plain inference batches up to ``batch_size`` images of equal input size per forward pass
+    (single view, the test resize of ``cfg``), so batching does not change the boxes. With
+    ``tta`` every image goes through the TTA + WBF pseudo-label code path
+    (``RecordPredictor.fused_boxes``: the views of ``SISSI.PSEUDO``, fused and thresholded as
+    the pseudo-labels are), ``batch_size`` views per forward pass.
 
     An unreadable image raises ImageReadError naming the file, or with ``skip_bad`` is logged
     and left out. Returns ``(predictions in input order, [(file, error message), ...] skipped)``.
@@ -177,12 +178,24 @@ def predict_files(cfg, model, paths: Sequence[str], batch_size: int = 4, tta: bo
                 boxes, scores = predictor.fused_boxes(net, image)
                 results.append(Prediction(path, image.shape[0], image.shape[1], *_sorted(boxes, scores)))
         else:
-            items = ((
-                (path, image.shape[0], image.shape[1]), inp)
-                for path, image in images()
-                for inp in predictor._view_inputs(image, [IDENTITY_VIEW]))
-            for (path, h, w), boxes, scores in predictor._run_batched(net, items):
-                results.append(Prediction(path, h, w, *_sorted(boxes, scores)))
+            batch = []
+
+            def flush():
+                outputs = net([inp for _, inp in batch])
+                for (path, h, w), out in zip((tag for tag, _ in batch), outputs):
+                    inst = out["instances"].to("cpu")
+                    results.append(Prediction(path, h, w, *_sorted(inst.pred_boxes.tensor.numpy(), inst.scores.numpy())))
+                batch.clear()
+
+            for path, image in images():
+                inp = next(iter(predictor._view_inputs(image, [IDENTITY_VIEW])))
+                # only equally sized inputs share a batch: padding to a common size would change
+                # the GroupNorm statistics, and so the boxes, of the smaller images
+                if batch and (len(batch) >= predictor.batch_size or batch[0][1]["image"].shape != inp["image"].shape):
+                    flush()
+                batch.append(((path, image.shape[0], image.shape[1]), inp))
+            if batch:
+                flush()
     return results, skipped
 
 
@@ -254,6 +267,10 @@ def run_prediction(cfg, inputs: Sequence[str], output_dir: str, weights: str | N
     """Expand ``inputs``, predict, and write ``detections.json``, ``counts.csv`` (and
     ``overlays/*.png``) to ``output_dir``. Returns a summary dict."""
     paths = expand_inputs(inputs)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing and not skip_bad:  # before the model is loaded
+        more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
+        raise ImageReadError(f"Image file not found: {missing[0]}{more}. Check the path.")
     weights = weights if weights is not None else cfg.MODEL.WEIGHTS
     model = build_inference_model(cfg, weights)
     logger.info("Predicting %d image(s) on %s (%s)", len(paths), cfg.MODEL.DEVICE, "TTA + WBF" if tta else "plain")

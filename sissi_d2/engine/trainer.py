@@ -152,6 +152,8 @@ class SISSITrainer(DefaultTrainer):
                 "SISSI needs SISSI.SOURCE_DATASETS (labelled source) and SISSI.TARGET_DATASETS (weakly "
                 "labelled target); see configs/Base-SISSI.yaml."
             )
+        for names in (cfg.SISSI.SOURCE_DATASETS, cfg.SISSI.TARGET_DATASETS, cfg.SISSI.SOURCE_VAL_DATASETS, cfg.DATASETS.TEST):
+            require_registered(names)
         world = comm.get_world_size()
         self.n_source = per_rank_batch(cfg.SISSI.IMS_PER_BATCH_SOURCE, world, "SISSI.IMS_PER_BATCH_SOURCE")
         self.n_target = per_rank_batch(cfg.SISSI.IMS_PER_BATCH_TARGET, world, "SISSI.IMS_PER_BATCH_TARGET")
@@ -282,6 +284,21 @@ class SISSITrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name, mapper=SISSISourceMapper(cfg, is_train=False))
+
+
+def require_registered(names) -> None:
+    """A clear error, with the way to get the data, for a data set name nobody registered."""
+    from detectron2.data import DatasetCatalog
+
+    missing = [n for n in names if n not in DatasetCatalog.list()]
+    if missing:
+        raise KeyError(
+            f"Data set(s) {missing} are not registered. Real data sets are registered when "
+            "../shared/data (or $SISSI_SHARED_DATA) exists, usiigaci_train_weak once "
+            "tools/make_weak_labels.py has written its json, synth_* once tools/demo.py (or "
+            "python -m sissi_d2.data.synthetic) has generated them; your own with "
+            "SISSI.REGISTER (\"name=kind:path\",). See datasets/README.md."
+        )
 
 
 def _test_resize(cfg):

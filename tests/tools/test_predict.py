@@ -59,6 +59,7 @@ def images(tmp_path_factory):
     cv2.imwrite(str(root / "imgs" / "img000_masks.png"), np.zeros_like(gray))
     (root / "more").mkdir()
     cv2.imwrite(str(root / "more" / "rgb16.tif"), cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.uint16) * 64)
+    cv2.imwrite(str(root / "more" / "wide.png"), cv2.resize(gray, (128, 64)))
     assert cv2.imread(str(root / "imgs" / "deep16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     return root
 
@@ -149,12 +150,13 @@ def test_tta_matches_the_pseudo_label_path(tiny_model, images):
     assert not skipped and len(preds) == 1
     np.testing.assert_allclose(preds[0].boxes, np.asarray(boxes).reshape(-1, 4)[order], atol=1e-3)
     np.testing.assert_allclose(preds[0].scores, np.asarray(scores)[order], atol=1e-5)
-    # plain inference in batches of 2 equals one image at a time
-    paths = [str(images / "imgs" / n) for n in ("img000.png", "alpha.png", "img001.png")]
-    batched, _ = predict_files(cfg, model, paths, batch_size=2, show_progress=False)
+    # plain inference in batches equals one image at a time, also with an image of another size
+    paths = [str(images / "imgs" / "img000.png"), str(images / "more" / "wide.png"), str(images / "imgs" / "img001.png")]
+    batched, _ = predict_files(cfg, model, paths, batch_size=3, show_progress=False)
     single, _ = predict_files(cfg, model, paths, batch_size=1, show_progress=False)
+    assert [p.file_name for p in batched] == paths and (batched[1].height, batched[1].width) == (64, 128)
     for a, b in zip(batched, single):
-        assert a.file_name == b.file_name
+        assert a.file_name == b.file_name and len(a.boxes) == len(b.boxes)
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
 
 

@@ -21,7 +21,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.datasets import load_coco_boxes, save_records_as_coco
-from ..data.mappers import SISSISourceMapper, build_mapper
+from ..data.mappers import SISSISourceMapper, build_mapper, cloning_blur
 from ..data.two_source import TwoSourceLoader, iters_per_epoch, per_rank_batch
 from ..evaluation.evaluator import CellBoxEvaluator
 from .checkpoint import AtomicCheckpointer
@@ -93,8 +93,6 @@ class LabelCorrectionHook(EpochHook):
     # -- per epoch ---------------------------------------------------------------------------
     def cloning(self, epoch: int) -> bool:
         mode = self.t.cfg.SISSI.CLONING.MODE
-        if mode not in ("never", "always", "on_correction"):
-            raise ValueError(f"SISSI.CLONING.MODE={mode!r}: expected never, always or on_correction")
         return mode == "always" or (mode == "on_correction" and self.rule.correcting(epoch))
 
     def on_epoch_start(self, epoch: int):
@@ -152,6 +150,9 @@ class SISSITrainer(DefaultTrainer):
                 "SISSI needs SISSI.SOURCE_DATASETS (labelled source) and SISSI.TARGET_DATASETS (weakly "
                 "labelled target); see configs/Base-SISSI.yaml."
             )
+        if cfg.SISSI.CLONING.MODE not in ("never", "always", "on_correction"):
+            raise ValueError(f"SISSI.CLONING.MODE={cfg.SISSI.CLONING.MODE!r}: expected never, always or on_correction")
+        cloning_blur(cfg)  # an unknown blur preset fails now, not in a loader worker later
         for names in (cfg.SISSI.SOURCE_DATASETS, cfg.SISSI.TARGET_DATASETS, cfg.SISSI.SOURCE_VAL_DATASETS, cfg.DATASETS.TEST):
             require_registered(names)
         world = comm.get_world_size()

@@ -60,6 +60,10 @@ def test_unknown_start_rule_is_a_clear_error(tiny_datasets, tmp_path):
 
     with pytest.raises(ValueError, match="registered rules"):
         SISSITrainer(tiny_config(tmp_path, "SISSI.START_RULE", "sometimes"))
+    with pytest.raises(ValueError, match="CLONING.MODE"):
+        SISSITrainer(tiny_config(tmp_path, "SISSI.CLONING.MODE", "sometimes"))
+    with pytest.raises(ValueError, match="CLONING.BLUR"):
+        SISSITrainer(tiny_config(tmp_path, "SISSI.CLONING.BLUR", "medium"))
 
 
 def test_adele_rule_writes_memorisation_curve(tiny_datasets, tmp_path):

@@ -15,13 +15,17 @@ uses every box, the counts those with score >= --score-thresh (default: the json
 info.score_thresh, written by tools/predict.py, else every box). AR is at --max-dets (400).
 """
 import argparse
-import json
 import logging
 import math
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Torch / Detectron2 0.6 deprecation chatter on recent versions is not for the user of this tool.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 
 import numpy as np  # noqa: E402
 
@@ -42,7 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--score-thresh", type=float, default=None,
                    help="count --pred boxes at this score or above (default: the json's info.score_thresh, else all)")
     p.add_argument("--max-rows", type=int, default=30, help="per-image count rows printed (default 30; 0 = all)")
-    p.add_argument("--config-file", default=None, metavar="FILE", help="a config whose SISSI.REGISTER data sets to register")
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="a config whose SISSI.REGISTER data sets to register")
     p.add_argument("--register", action="append", default=[], metavar="NAME=KIND:PATH",
                    help="register a data set first (repeatable), e.g. oracle=cellpose:/data/target/train")
     return p.parse_args(argv)
@@ -92,7 +97,8 @@ def compare(gt_src: str, pred_src: str, max_dets: int = 400, score_thresh=None) 
         "score_thresh": thr, "images": len(rows), "gt_total": int(gts.sum()),
         "pred_total": int(sum(r["pred"] for r in rows)),
         "mean_abs_error": float(np.abs(diffs).mean()), "mean_diff": float(diffs.mean()),
-        "mean_abs_rel_error": float(np.mean(np.abs(diffs[gts > 0]) / gts[gts > 0])) if (gts > 0).any() else float("nan"),
+        "mean_abs_rel_error": (float(np.mean(np.abs(diffs[gts > 0]) / gts[gts > 0])) if (gts > 0).any()
+                               else float("nan")),
         "per_image": rows,
     }
     return {"gt": gt_src, "pred": pred_src, "max_dets": max_dets, "metrics": metrics, "counts": counts}

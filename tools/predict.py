@@ -19,8 +19,13 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Torch / Detectron2 0.6 deprecation chatter on recent versions is not for the user of this tool.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 
 import sissi_d2  # noqa: E402,F401  (applies the Detectron2 compatibility patches first)
 from sissi_d2.data.image_io import ImageReadError  # noqa: E402

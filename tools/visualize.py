@@ -19,8 +19,13 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Torch / Detectron2 0.6 deprecation chatter on recent versions is not for the user of this tool.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 
 import numpy as np  # noqa: E402
 
@@ -49,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--scale", type=float, default=1.0, help="enlarge (or shrink) the images by this factor")
     p.add_argument("--show-scores", action="store_true", help="write each box's score above it")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")
-    p.add_argument("--config-file", default=None, metavar="FILE", help="a config whose SISSI.REGISTER data sets to register")
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="a config whose SISSI.REGISTER data sets to register")
     p.add_argument("--register", action="append", default=[], metavar="NAME=KIND:PATH",
                    help="register a data set first (repeatable), e.g. mine=coco:/data/labels.json")
     args = p.parse_args(argv)

@@ -36,7 +36,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
 
 def load_weights(model, path: str) -> None:
-    """Load model weights (ours or a Detectron2 model-zoo file) with a clear error if missing."""
+    """Load a trained model for inference. The checkpoint must fit the model: a missing file, a
+    tensor of another shape or a missing tensor (the config differs from the training config) is
+    an error, not Detectron2's logged warning that leaves part of the model untrained."""
     if not path:
         raise ValueError("No weights given: pass MODEL.WEIGHTS path/to/model_final.pth")
     if not os.path.isfile(path):
@@ -44,4 +46,22 @@ def load_weights(model, path: str) -> None:
             f"MODEL.WEIGHTS file not found: {path}. Point it to a checkpoint written by training "
             "(OUTPUT_DIR/model_final.pth)."
         )
-    DetectionCheckpointer(model).load(path)
+    checkpointer = DetectionCheckpointer(model)
+    incompatible = checkpointer._load_model(checkpointer._load_file(path))
+    if incompatible is None:
+        return
+    shapes = list(incompatible.incorrect_shapes)
+    missing = [k for k in incompatible.missing_keys if k not in {s[0] for s in shapes}]
+    if shapes or missing:
+        parts = []
+        if shapes:
+            key, have, want = shapes[0]
+            parts.append(f"{len(shapes)} tensor(s) of another shape, e.g. {key}: {tuple(have)} in the checkpoint, "
+                         f"{tuple(want)} in the model")
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing from the checkpoint, e.g. {missing[0]}")
+        raise ValueError(
+            f"Checkpoint {path} does not fit the model of this config: {'; '.join(parts)}. Pass the config the "
+            "model was trained with (tools/train_net.py saves it as OUTPUT_DIR/config.yaml) with the same "
+            "KEY VALUE overrides as in training."
+        )

@@ -76,22 +76,23 @@ class RecordPredictor:
                    "height": out_h, "width": out_w}
 
     def _run_batched(self, model, items):
-        """items: iterable of (tag, input dict) -> list of (tag, boxes, scores) in input order."""
-        results, batch = [], []
+        """items: (tag, input dict) pairs -> list of (tag, boxes, scores) in input order.
 
-        def flush():
-            outputs = model([inp for _, inp in batch])
-            for (tag, _), out in zip(batch, outputs):
-                inst = out["instances"].to("cpu")
-                results.append((tag, inst.pred_boxes.tensor.numpy().astype(np.float32), inst.scores.numpy().astype(np.float32)))
-            batch.clear()
-
-        for item in items:
-            batch.append(item)
-            if len(batch) >= self.batch_size:
-                flush()
-        if batch:
-            flush()
+        Only inputs of the same size share a forward pass: padding a smaller input to the batch
+        size would change its GroupNorm statistics, and so its boxes."""
+        items = list(items)
+        by_size: dict = {}
+        for pos, (_, inp) in enumerate(items):
+            by_size.setdefault(tuple(inp["image"].shape[-2:]), []).append(pos)
+        results = [None] * len(items)
+        for positions in by_size.values():
+            for i in range(0, len(positions), self.batch_size):
+                chunk = positions[i : i + self.batch_size]
+                outputs = model([items[p][1] for p in chunk])
+                for p, out in zip(chunk, outputs):
+                    inst = out["instances"].to("cpu")
+                    results[p] = (items[p][0], inst.pred_boxes.tensor.numpy().astype(np.float32),
+                                  inst.scores.numpy().astype(np.float32))
         return results
 
     def predict_views(self, model, image: np.ndarray, views=None):

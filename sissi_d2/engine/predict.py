@@ -130,8 +130,9 @@ def build_inference_model(cfg, weights: str | None = None):
     from .. import modeling  # noqa: F401  (registers SISSI's model parts, if any)
     from .checkpoint import load_weights
 
+    path = weights if weights is not None else cfg.MODEL.WEIGHTS
     model = build_model(cfg)
-    load_weights(model, weights if weights is not None else cfg.MODEL.WEIGHTS)
+    load_weights(model, path)
     model.eval()
     return model
 
@@ -184,7 +185,8 @@ def predict_files(cfg, model, paths: Sequence[str], batch_size: int = 4, tta: bo
                 outputs = net([inp for _, inp in batch])
                 for (path, h, w), out in zip((tag for tag, _ in batch), outputs):
                     inst = out["instances"].to("cpu")
-                    results.append(Prediction(path, h, w, *_sorted(inst.pred_boxes.tensor.numpy(), inst.scores.numpy())))
+                    boxes, scores = _sorted(inst.pred_boxes.tensor.numpy(), inst.scores.numpy())
+                    results.append(Prediction(path, h, w, boxes, scores))
                 batch.clear()
 
             for path, image in images():
@@ -270,7 +272,8 @@ def run_prediction(cfg, inputs: Sequence[str], output_dir: str, weights: str | N
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing and not skip_bad:  # before the model is loaded
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
-        raise ImageReadError(f"Image file not found: {missing[0]}{more}. Check the path.")
+        raise FileNotFoundError(f"Input not found: {missing[0]} is no image file, folder or glob pattern "
+                                f"match{more}. Check the path.")
     weights = weights if weights is not None else cfg.MODEL.WEIGHTS
     model = build_inference_model(cfg, weights)
     logger.info("Predicting %d image(s) on %s (%s)", len(paths), cfg.MODEL.DEVICE, "TTA + WBF" if tta else "plain")

@@ -25,9 +25,20 @@ def load_tool(name):
 
 
 def run_tool(script, args, timeout=300):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # one thread: on a shared 2-core machine OpenMP threads spinning against each other make a
+    # tiny forward pass 20x slower
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.run([sys.executable, script] + [str(a) for a in args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny in-process forward passes run much faster on one thread on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +162,8 @@ def test_tta_matches_the_pseudo_label_path(tiny_model, images):
     np.testing.assert_allclose(preds[0].boxes, np.asarray(boxes).reshape(-1, 4)[order], atol=1e-3)
     np.testing.assert_allclose(preds[0].scores, np.asarray(scores)[order], atol=1e-5)
     # plain inference in batches equals one image at a time, also with an image of another size
-    paths = [str(images / "imgs" / "img000.png"), str(images / "more" / "wide.png"), str(images / "imgs" / "img001.png")]
+    paths = [str(images / "imgs" / "img000.png"), str(images / "more" / "wide.png"),
+             str(images / "imgs" / "img001.png")]
     batched, _ = predict_files(cfg, model, paths, batch_size=3, show_progress=False)
     single, _ = predict_files(cfg, model, paths, batch_size=1, show_progress=False)
     assert [p.file_name for p in batched] == paths and (batched[1].height, batched[1].width) == (64, 128)
@@ -179,6 +191,10 @@ def test_input_errors_are_clear(tiny_model, images, tmp_path, capsys):
     assert "No image files" in capsys.readouterr().err
     assert tool.main(base + [str(images / "imgs"), "SISSI.NOT_A_KEY", "1"]) == 2
     assert "NOT_A_KEY" in capsys.readouterr().err
+    # a config whose model differs from the checkpoint's is an error, not half-loaded weights
+    assert tool.main(base + [str(images / "imgs"), "MODEL.FPN.OUT_CHANNELS", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "tiny.pth" in err and "(32," in err
 
 
 def test_config_overrides_follow_the_inputs():

@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""What SISSI costs beyond plain Detectron2 training: prints a table, writes bench.json.
+
+  python tools/benchmark.py --output output/bench            # full (minutes on a 2-core CPU)
+  python tools/benchmark.py --output output/bench --quick    # small sizes, for a smoke run
+
+Measured side by side in one run, same machine, same config (configs/demo/Base-Demo.yaml unless
+--config-file), same data, warm-up steps excluded, medians of repeated steps:
+1. trainer overhead: s/iter of SISSITrainer with cloning on vs a plain DefaultTrainer on the same
+   mixed batches without cloning (goal <= 1.05);
+2. pseudo-labelling: wall time of labelling the target set with T views vs T x one plain batched
+   forward pass over the same images (goal <= 1.15), de-augmentation + WBF share apart;
+3. data pipeline: share of data_time in iteration time with cloning and augmentation on (goal
+   <= 5%), and seamless-cloning ms per image at 512 and 1024 px with 60 boxes;
+4./5. memory and scaling: peak RSS and wall time of one correction epoch (pseudo-labels +
+   training) for several target-set sizes, each in a fresh process.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+import sissi_d2  # noqa: E402,F401
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _data(root, n_target, seed=0):
+    from sissi_d2.data.builtin import register_synthetic_datasets
+    from sissi_d2.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(root, n_source_train=max(8, n_target), n_source_val=2, n_target_train=n_target,
+                            n_target_test=2, seed=seed)
+    register_synthetic_datasets(root)
+
+
+def _cfg(args, out_dir, *opts):
+    from sissi_d2.setup import build_config
+
+    base = ["SISSI.TARGET_DATASETS", "('synth_target_train_oracle',)", "SISSI.SOURCE_VAL_DATASETS", "()",
+            "DATASETS.TEST", "()", "OUTPUT_DIR", out_dir, "MODEL.DEVICE", args.device, "SEED", "0",
+            "SISSI.PSEUDO.SCALES", str(tuple(args.scales)), "SISSI.PSEUDO.FLIPS", str(tuple(args.flips))]
+    return build_config(args.config_file, base + list(args.opts) + list(opts))
+
+
+class _StepTimes:
+    """Wraps a trainer's run_step and records wall time and data_time per step."""
+
+    def __init__(self, trainer):
+        from detectron2.utils.events import get_event_storage
+
+        self.times, self.data = [], []
+        inner = trainer._trainer
+        orig = inner.run_step
+
+        def timed():
+            t0 = time.perf_counter()
+            orig()
+            self.times.append(time.perf_counter() - t0)
+            self.data.append(get_event_storage().history("data_time").latest())
+
+        inner.run_step = timed
+
+
+def bench_trainer(args, out):
+    """Items 1 and 3: s/iter with cloning vs plain, and the data_time share."""
+    from detectron2.engine import DefaultTrainer
+
+    from sissi_d2.data.mappers import build_mapper
+    from sissi_d2.data.two_source import TwoSourceLoader
+    from sissi_d2.engine import SISSITrainer
+
+    steps = args.steps
+    sissi_cfg = _cfg(args, os.path.join(out, "trainer_sissi"), "SISSI.CLONING.MODE", "always",
+                     "SISSI.START_RULE", "never", "SISSI.EPOCHS", "100")
+    sissi = SISSITrainer(sissi_cfg)
+    sissi.max_iter = steps
+    sissi_times = _StepTimes(sissi)
+    sissi.train()
+
+    class PlainTrainer(DefaultTrainer):
+        """Detectron2's trainer on the same mixed batches (same seed), no cloning."""
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            def batches():
+                epoch = 0
+                while True:
+                    yield from TwoSourceLoader.for_epoch(
+                        sissi.source_records, sissi.initial_target_records, build_mapper(cfg, "source"),
+                        build_mapper(cfg, "target", cloning=False),
+                        source_batch_total=cfg.SISSI.IMS_PER_BATCH_SOURCE,
+                        target_batch_total=cfg.SISSI.IMS_PER_BATCH_TARGET, seed=0, epoch=epoch,
+                        num_workers=cfg.DATALOADER.NUM_WORKERS)
+                    epoch += 1
+            return batches()
+
+    plain_cfg = sissi_cfg.clone()
+    plain_cfg.defrost()
+    plain_cfg.OUTPUT_DIR = os.path.join(out, "trainer_plain")
+    plain_cfg.SOLVER.MAX_ITER = steps
+    plain_cfg.SOLVER.IMS_PER_BATCH = sissi_cfg.SOLVER.IMS_PER_BATCH
+    plain_cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
+    plain = PlainTrainer(plain_cfg)
+    plain_times = _StepTimes(plain)
+    plain.train()
+
+    warm = min(args.warmup, steps - 1)
+    s, p = statistics.median(sissi_times.times[warm:]), statistics.median(plain_times.times[warm:])
+    data_share = statistics.median(np.asarray(sissi_times.data[warm:]) / np.asarray(sissi_times.times[warm:]))
+    return {"sissi_s_per_iter": s, "plain_s_per_iter": p, "overhead_ratio": s / p,
+            "data_time_share": float(data_share), "workers": sissi_cfg.DATALOADER.NUM_WORKERS, "steps": steps,
+            "warmup": warm}, sissi
+
+
+def bench_pseudo_labels(args, trainer):
+    """Item 2: TTA + WBF labelling vs T x one plain batched forward pass."""
+    from sissi_d2.algorithms.wbf import fuse_views
+    from sissi_d2.data.image_io import read_bgr8
+    from sissi_d2.engine.inference import IDENTITY_VIEW, RecordPredictor, inference_mode
+
+    predictor = RecordPredictor(trainer.cfg)
+    records = trainer.initial_target_records
+    images = [read_bgr8(r["file_name"]) for r in records]
+    n_views = len(predictor.views)
+    with inference_mode(trainer.model) as net:
+        inputs = [next(predictor._view_inputs(img, [IDENTITY_VIEW])) for img in images]
+        net(inputs[: predictor.batch_size])  # warm-up
+        floor = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for i in range(0, len(inputs), predictor.batch_size):
+                net(inputs[i : i + predictor.batch_size])
+            floor.append(time.perf_counter() - t0)
+        total, fuse = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            per_image = [predictor.predict_views(net, img) for img in images]
+            t1 = time.perf_counter()
+            for img, views in zip(images, per_image):
+                fuse_views([b for b, _ in views], [s for _, s in views], img.shape[0], img.shape[1], **predictor.fusion)
+            t2 = time.perf_counter()
+            total.append(t2 - t0)
+            fuse.append(t2 - t1)
+    floor_s = statistics.median(floor) * n_views
+    total_s = statistics.median(total)
+    return {"views": n_views, "images": len(images), "pseudo_label_s": total_s, "floor_s": floor_s,
+            "ratio": total_s / floor_s, "wbf_s": statistics.median(fuse),
+            "wbf_share": statistics.median(fuse) / total_s}
+
+
+def bench_cloning(args):
+    from sissi_d2.algorithms.cloning import make_synthetic_like
+    from sissi_d2.config import BLUR_PRESETS
+
+    rng = np.random.default_rng(0)
+    res = {}
+    for size in (512, 1024):
+        image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        xy = rng.uniform(0, size - 40, (60, 2))
+        boxes = np.hstack([xy, xy + rng.uniform(15, 40, (60, 2))])
+        times = []
+        for _ in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            make_synthetic_like(image, boxes, *BLUR_PRESETS["strong"])
+            times.append(time.perf_counter() - t0)
+        res[f"cloning_ms_{size}"] = 1000 * statistics.median(times[1:])
+    return res
+
+
+def one_correction_epoch(args, n_target, out):
+    """Run in a fresh process: one correction epoch (pseudo-labels + training) on n_target images."""
+    from sissi_d2.engine import SISSITrainer
+
+    _data(os.path.join(out, f"data_{n_target}"), n_target)
+    cfg = _cfg(args, os.path.join(out, f"epoch_{n_target}"), "SISSI.START_RULE", "epoch:0",
+               "SISSI.CLONING.MODE", "on_correction", "SISSI.EPOCHS", "1")
+    trainer = SISSITrainer(cfg)
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(json.dumps({"n_target": n_target, "epoch_s": wall, "iters": trainer.iters_per_epoch,
+                      "peak_rss_mb": peak_mb}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="output/bench")
+    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "demo", "Base-Demo.yaml"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[25, 100, 250])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.8, 0.9, 1.0, 1.1, 1.2])
+    parser.add_argument("--flips", nargs="+", default=["none", "h", "v", "hv"])
+    parser.add_argument("--one-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup, args.repeats, args.sizes = 8, 2, 1, [8, 16, 32]
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    if args.one_epoch is not None:
+        return one_correction_epoch(args, args.one_epoch, out)
+
+    _data(os.path.join(out, "data"), 12 if args.quick else 25)
+    results = {"machine": {"cpus": os.cpu_count(), "device": args.device, "config": args.config_file}}
+    print("1/4 trainer overhead and data pipeline ...", flush=True)
+    results["trainer"], trainer = bench_trainer(args, out)
+    print("2/4 pseudo-labelling ...", flush=True)
+    results["pseudo_labels"] = bench_pseudo_labels(args, trainer)
+    print("3/4 seamless cloning ...", flush=True)
+    results["cloning"] = bench_cloning(args)
+    print("4/4 one correction epoch per target-set size (fresh processes) ...", flush=True)
+    scaling = []
+    for n in args.sizes:
+        cmd = [sys.executable, os.path.abspath(__file__), "--output", out, "--config-file", args.config_file,
+               "--device", args.device, "--one-epoch", str(n), "--scales", *map(str, args.scales),
+               "--flips", *args.flips] + list(args.opts)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"one-epoch run for {n} images failed:\n{proc.stderr[-3000:]}")
+        scaling.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    per_image = [s["epoch_s"] / s["n_target"] for s in scaling]
+    results["scaling"] = {"runs": scaling, "s_per_target_image": per_image,
+                          "linearity": per_image[-1] / per_image[0]}
+
+    t, p, c = results["trainer"], results["pseudo_labels"], results["cloning"]
+    lines = [
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| SISSI s/iter (cloning on) | {t['sissi_s_per_iter']:.3f} | |",
+        f"| plain Detectron2 s/iter | {t['plain_s_per_iter']:.3f} | |",
+        f"| trainer overhead ratio | {t['overhead_ratio']:.3f} | <= 1.05 |",
+        f"| pseudo-labelling, {p['views']} views x {p['images']} images | {p['pseudo_label_s']:.2f} s | |",
+        f"| floor: {p['views']} x plain batched forward | {p['floor_s']:.2f} s | |",
+        f"| pseudo-labelling ratio | {p['ratio']:.3f} | <= 1.15 |",
+        f"| de-augmentation + WBF share | {100 * p['wbf_share']:.1f} % | |",
+        f"| data_time share ({t['workers']} workers) | {100 * t['data_time_share']:.1f} % | <= 5 % |",
+        f"| seamless cloning 512 px, 60 boxes | {c['cloning_ms_512']:.0f} ms | |",
+        f"| seamless cloning 1024 px, 60 boxes | {c['cloning_ms_1024']:.0f} ms | |",
+    ]
+    for s in scaling:
+        lines.append(f"| correction epoch, {s['n_target']} target images | {s['epoch_s']:.1f} s, "
+                     f"peak RSS {s['peak_rss_mb']:.0f} MB | linear |")
+    lines.append(f"| s per target image, largest / smallest set | {results['scaling']['linearity']:.2f} | ~1 |")
+    table = "\n".join(lines)
+    print(table)
+    from sissi_d2.utils.atomic import atomic_write_json
+
+    atomic_write_json(os.path.join(out, "bench.json"), results)
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

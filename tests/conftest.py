@@ -44,6 +44,18 @@ def write_tiny_dataset(folder, n_images, seed, keep_fraction=1.0):
     return records
 
 
+def register_tiny_on_every_rank(data_root, n_source=6, n_target=4):
+    """In a launched process: rank 0 draws tiny_source / tiny_target, every rank registers them."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.utils import comm
+
+    for name, n, seed, keep in (("tiny_source", n_source, 1, 1.0), ("tiny_target", n_target, 2, 0.5)):
+        recs = write_tiny_dataset(os.path.join(data_root, name), n, seed, keep) if comm.is_main_process() else None
+        recs = comm.all_gather(recs)[0]
+        DatasetCatalog.register(name, lambda r=recs: r)
+        MetadataCatalog.get(name).set(thing_classes=["cell"])
+
+
 @pytest.fixture(scope="session")
 def tiny_datasets(tmp_path_factory):
     """Registers tiny_source (4 images), tiny_target (4, half the boxes), tiny_val, tiny_test."""

@@ -14,21 +14,22 @@ Steps (each prints what it does; training prints a line per epoch):
    (``sissi_d2.weak_labels``) -> ``<root>/target_train_weak.json``; the same pipeline on the target
    TEST images gives the "weak labels as detections" row.
 3. Registration of the ``synth_*`` data sets.
-4. Training of the rows Weak-only, Baseline and A+SISSI(S) (``configs/demo/*.yaml``), sharing
-   their common past: all rows train on the same weak labels with the same seed until their start
-   rule fires, so the early phase is trained once. The A+SISSI(S) row is the trunk; Weak-only
-   continues from the trunk's checkpoint of the epoch ADELE fired (the last weak-label epoch);
-   Baseline continues from the checkpoint where its source-validation-loss rule fires, taken from
-   the trunk or from Weak-only (both are pure weak-label training up to there).
+4. Training of the rows Weak-only, Baseline and A+SISSI(S) (``configs/demo/*.yaml``) sharing
+   their common past (``sissi_d2.engine.rows.run_rows``): until its start rule fires every row
+   trains on the same weak labels with the same seeded draws, so the early phase is trained once.
+   Weak-only is the trunk (it records the memorisation curve and the source validation loss);
+   A+SISSI(S) resumes from the trunk's checkpoint of the epoch ADELE fired, Baseline from the one
+   where its source-validation-loss rule fires.
 5. Evaluation on the target test set (COCO AP50 / AP75 / AP / AR, maxDets 400) and figures.
 6. ``<output>/report.md`` (+ ``results.json``, ``figures/*.png``, ``log.txt``).
 
 Re-running reuses what is finished (data, weak labels, trained rows, evaluations) and resumes a
-row that was interrupted; a changed configuration retrains the rows it affects.
+row that was interrupted; other settings or data retrain the rows.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import json
@@ -64,24 +65,26 @@ CONFIG_DIR = os.path.join(REPO, "configs", "demo")
 FULL_DATA = dict(n_source_train=40, n_source_val=8, n_target_train=16, n_target_test=8, size=256)
 QUICK_DATA = dict(n_source_train=8, n_source_val=2, n_target_train=4, n_target_test=2, size=128)
 
-# --quick: the same rows, shrunk: 128 px, 6 epochs of 2 iterations, 2 TTA views.
+# --quick: the same rows, shrunk: 128 px, 5 epochs of 2 iterations, 2 TTA views, ADELE's
+# horizon 3 so that it fires by epoch 3 and leaves at least one correction epoch.
 QUICK_OPTS = [
     "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
     "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "128",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "200",
     "SOLVER.WARMUP_ITERS", "2",
-    "SISSI.EPOCHS", "6", "SISSI.ADELE.HORIZON", "3", "SISSI.ADELE.MIN_POINTS", "3",
-    "SISSI.SOURCE_VAL.PATIENCE", "1", "SISSI.SOURCE_VAL.MAX_IMAGES", "2",
+    "SISSI.EPOCHS", "5", "SISSI.ADELE.HORIZON", "3", "SISSI.ADELE.MIN_POINTS", "3",
+    "SISSI.SOURCE_VAL.PATIENCE", "1", "SISSI.SOURCE_VAL.MAX_IMAGES", "1",
     "SISSI.PSEUDO.SCALES", "(1.0,)", "SISSI.PSEUDO.FLIPS", "('none', 'hv')",
 ]
 
-# (key, table name, config file). The first row is the trunk the others branch from.
+# (key, table name, config file). The Weak-only row is the trunk the others branch from.
 ROWS = [
-    ("adele_sissi_s", "A+SISSI(S)", "adele_sissi_s.yaml"),
     ("weak_only", "Weak-only", "weak_only.yaml"),
     ("baseline", "Baseline", "baseline.yaml"),
+    ("adele_sissi_s", "A+SISSI(S)", "adele_sissi_s.yaml"),
 ]
+TRUNK = "weak_only"
 ROW_NAMES = {k: n for k, n, _ in ROWS}
 METRICS = ("AP50", "AP75", "AP", "AR")
 TEST_SET = "synth_target_test"
@@ -305,15 +308,13 @@ def register(root: str, clock: Clock) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. training
+# 4. training (sissi_d2.engine.rows: a trunk and its branches) and 5. evaluation
 # ---------------------------------------------------------------------------------------------
 def row_config(row: str, output: str, opts: list, seed: int):
     from sissi_d2.setup import build_config
 
     cfg_file = os.path.join(CONFIG_DIR, dict((k, f) for k, _, f in ROWS)[row])
-    # DATASETS.TEST is evaluated by the demo itself after training (step 5), not twice.
-    return build_config(cfg_file, list(opts) + ["OUTPUT_DIR", os.path.join(output, "rows", row),
-                                                "SEED", str(seed), "DATASETS.TEST", "()"])
+    return build_config(cfg_file, list(opts) + ["OUTPUT_DIR", os.path.join(output, "rows", row), "SEED", str(seed)])
 
 
 def _cfg_fingerprint(cfg) -> str:
@@ -327,251 +328,115 @@ def _progress_hook_class():
     from detectron2.engine import HookBase
 
     class DemoProgress(HookBase):
-        """One console line per epoch (loss, labels in use, time, ETA), one at most every
+        """One console line per epoch (loss, labels in use, time, ETA), and one at most every
         ``every_s`` seconds within an epoch."""
 
         def __init__(self, row: str, clock: Clock, ipe: int, every_s: float = 30.0):
             self.row, self.clock, self.ipe, self.every_s = row, clock, ipe, every_s
+            self.name = ROW_NAMES.get(row, row)
 
         def before_train(self):
             self.t_start = self.t_last = self.t_epoch = time.time()
             epochs = self.trainer.max_iter // self.ipe
-            first_epoch = self.trainer.start_iter // self.ipe
-            self.clock.say(f"  {ROW_NAMES[self.row]}: training epochs {first_epoch}..{epochs - 1} "
-                           f"({self.ipe} iterations each)")
+            first = self.trainer.start_iter // self.ipe
+            if first < epochs:
+                self.clock.say(f"  {self.name}: training epochs {first}..{epochs - 1} ({self.ipe} iterations each)")
 
         def after_step(self):
-            it = self.trainer.iter
-            now = time.time()
+            trainer = self.trainer
+            it, now = trainer.iter, time.time()
             epoch, pos = divmod(it + 1, self.ipe)
             if pos == 0:
                 epoch -= 1
-                hist = self.trainer.storage.history("total_loss") if "total_loss" in self.trainer.storage.histories() else None
-                loss = hist.median(self.ipe) if hist is not None else float("nan")
-                hook = self.trainer.correction_hook
+                storage = trainer.storage
+                loss = storage.history("total_loss").median(self.ipe) if "total_loss" in storage.histories() else math.nan
+                hook = trainer.correction_hook
                 labels = "weak labels" if hook.labels_epoch is None else f"pseudo-labels of epoch {hook.labels_epoch}"
-                mode = self.trainer.cfg.SISSI.CLONING.MODE
-                on = mode == "always" or (mode == "on_correction" and hook.labels_epoch is not None)
-                cloning = ", synthetic-like images" if on else ""
-                done = it + 1 - self.trainer.start_iter
-                left = self.trainer.max_iter - (it + 1)
-                eta = (now - self.t_start) / max(done, 1) * left
+                mode = trainer.cfg.SISSI.CLONING.MODE
+                cloning = mode == "always" or (mode == "on_correction" and hook.labels_epoch is not None)
+                left = trainer.max_iter - (it + 1)
+                eta = (now - self.t_start) / max(it + 1 - trainer.start_iter, 1) * left
                 self.clock.say(
-                    f"  {ROW_NAMES[self.row]}: epoch {epoch}/{self.trainer.max_iter // self.ipe - 1} done "
-                    f"in {now - self.t_epoch:.0f} s, loss {loss:.3f}, trained on {labels}{cloning}"
-                    + (f", row ETA {eta / 60:.1f} min" if left else "")
-                )
+                    f"  {self.name}: epoch {epoch}/{trainer.max_iter // self.ipe - 1} done in {now - self.t_epoch:.0f} s, "
+                    f"loss {loss:.3f}, trained on {labels}{', synthetic-like images' if cloning else ''}"
+                    + (f"; row ETA {eta / 60:.1f} min" if left else ""))
                 self.t_epoch = self.t_last = now
             elif now - self.t_last > self.every_s:
-                self.clock.say(f"  {ROW_NAMES[self.row]}: epoch {epoch}, iteration {pos}/{self.ipe}")
+                self.clock.say(f"  {self.name}: epoch {epoch}, iteration {pos}/{self.ipe}")
                 self.t_last = now
 
     return DemoProgress
 
 
-def _row_state_path(row_dir):
-    return os.path.join(row_dir, "demo_row.json")
+@contextlib.contextmanager
+def _trainers_with_progress(clock: Clock):
+    """Within the block, the trainers built by ``run_rows`` carry the demo's progress hook."""
+    import sissi_d2.engine.trainer as trainer_module
 
+    base = trainer_module.SISSITrainer
+    hook_cls = _progress_hook_class()
 
-def _row_ready(row_dir: str, fingerprint: str) -> bool:
-    """Whether the row folder may be reused (finished or resumable) for this fingerprint; a stale
-    folder (other configuration, data or parent) is removed."""
-    state = _read_json(_row_state_path(row_dir))
-    if state is not None and state.get("fingerprint") == fingerprint:
-        return True
-    if os.path.isdir(row_dir):
-        logger.info(f"  {row_dir}: made with other settings, training it again")
-        shutil.rmtree(row_dir)
-    return False
+    class DemoTrainer(base):
+        def build_hooks(self):
+            row = os.path.basename(os.path.normpath(self.cfg.OUTPUT_DIR))
+            return super().build_hooks() + [hook_cls(row, clock, self.iters_per_epoch)]
 
-
-def _row_done(row_dir: str, fingerprint: str) -> bool:
-    state = _read_json(_row_state_path(row_dir))
-    return (state is not None and state.get("fingerprint") == fingerprint and state.get("done")
-            and os.path.isfile(os.path.join(row_dir, "model_final.pth")))
-
-
-def _link_or_copy(src: str, dst: str):
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.exists(dst):
-        os.remove(dst)
+    trainer_module.SISSITrainer = DemoTrainer
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+        yield
+    finally:
+        trainer_module.SISSITrainer = base
 
 
-def _ckpt_name(iteration: int) -> str:
-    return f"model_{iteration:07d}.pth"
-
-
-def branch_row(parent_dir: str, row_dir: str, epoch_end: int, ipe: int):
-    """Start ``row_dir`` from the parent's checkpoint at the end of epoch ``epoch_end``."""
-    it = (epoch_end + 1) * ipe - 1
-    src = os.path.join(parent_dir, _ckpt_name(it))
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f"{src} is missing: the branch point of {row_dir}. Delete {row_dir} and rerun.")
-    _link_or_copy(src, os.path.join(row_dir, _ckpt_name(it)))
-    with open(os.path.join(row_dir, "last_checkpoint"), "w") as f:
-        f.write(_ckpt_name(it))
-
-
-def train_row(row: str, cfg, clock: Clock, fingerprint: str, info: dict):
-    """Train (or resume) one row in-process; writes demo_row.json when done."""
-    import gc
-
-    from detectron2.utils.env import seed_all_rng
-
-    from sissi_d2.engine import SISSITrainer
-
-    row_dir = cfg.OUTPUT_DIR
-    os.makedirs(row_dir, exist_ok=True)
-    _write_json(_row_state_path(row_dir), {"fingerprint": fingerprint, "done": False, **info})
-    seed_all_rng(int(cfg.SEED))
-    trainer = SISSITrainer(cfg)
-    trainer.register_hooks([_progress_hook_class()(row, clock, trainer.iters_per_epoch)])
-    trainer.resume_or_load(resume=True)
-    if trainer.start_iter < trainer.max_iter:
-        trainer.train()
-    elif not os.path.isfile(os.path.join(row_dir, "model_final.pth")):
-        # branched at the very last epoch: nothing left to train
-        last = trainer.checkpointer.get_checkpoint_file()
-        _link_or_copy(last, os.path.join(row_dir, "model_final.pth"))
-    del trainer
-    gc.collect()
-    _write_json(_row_state_path(row_dir), {"fingerprint": fingerprint, "done": True, **info})
-
-
-def source_val_start(history, patience: int):
-    """Replay the source-validation-loss start rule on a loss history [[epoch, loss], ...]:
-    (firing epoch or None, best epoch at that time)."""
-    best_e, best = None, math.inf
-    for e, loss in sorted((int(e), float(v)) for e, v in history):
-        if loss < best:
-            best, best_e = loss, e
-        if best_e is not None and e - best_e >= patience:
-            return e, best_e
-    return None, best_e
-
-
-def _hook_state(ckpt_path: str, hook: str):
+def _trainer_hooks_state(ckpt_path: str) -> dict:
     import torch
 
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return state.get("trainer", {}).get("hooks", {}).get(hook)
+    return json.loads(json.dumps(state.get("trainer", {}).get("hooks", {})))
 
 
 def train_rows(output: str, opts: list, seed: int, clock: Clock, data_stamp) -> dict:
-    """The three rows with their shared past; returns the branch information for the report."""
-    from detectron2.data import DatasetCatalog
-
-    from sissi_d2.data.two_source import iters_per_epoch
+    """Train and evaluate the rows with ``run_rows`` (the Weak-only row is the trunk)."""
+    from sissi_d2.engine.rows import branch_epoch, run_rows
 
     cfgs = {row: row_config(row, output, opts, seed) for row, _, _ in ROWS}
-    dirs = {row: cfgs[row].OUTPUT_DIR for row in cfgs}
-    trunk_cfg = cfgs["adele_sissi_s"]
-    n_target = len(DatasetCatalog.get(trunk_cfg.SISSI.TARGET_DATASETS[0]))
-    ipe = iters_per_epoch(n_target, trunk_cfg.SISSI.IMS_PER_BATCH_TARGET)
+    rows_dir = os.path.join(output, "rows")
+    fingerprint = _hash([{r: _cfg_fingerprint(c) for r, c in cfgs.items()}, data_stamp])
+    state_path = os.path.join(rows_dir, "demo_rows.json")
+    state = _read_json(state_path, {})
+    if state.get("fingerprint") != fingerprint and os.path.isdir(rows_dir):
+        clock.say(f"  {rows_dir} was trained with other settings or data: training again")
+        shutil.rmtree(rows_dir)
+        state = {}
+    _write_json(state_path, {"fingerprint": fingerprint, "complete": bool(state.get("complete"))})
+
+    trunk_cfg = cfgs[TRUNK]
     epochs = int(trunk_cfg.SISSI.EPOCHS)
-    info = {"iters_per_epoch": ipe, "epochs": epochs}
-    clock.say(f"Step 4/6: training {len(ROWS)} rows, {epochs} epochs of {ipe} iterations "
-              f"({trunk_cfg.SISSI.IMS_PER_BATCH_SOURCE} source + {trunk_cfg.SISSI.IMS_PER_BATCH_TARGET} target images each)")
+    clock.say(f"Step 4/6: training {len(ROWS)} rows: {epochs} epochs, {trunk_cfg.SISSI.IMS_PER_BATCH_SOURCE} source + "
+              f"{trunk_cfg.SISSI.IMS_PER_BATCH_TARGET} target images per iteration")
+    for row, name, _ in ROWS:
+        if os.path.isfile(os.path.join(cfgs[row].OUTPUT_DIR, "model_final.pth")):
+            clock.say(f"  {name}: trained earlier, reused")
+    clock.say(f"  {ROW_NAMES[TRUNK]} is the trunk (trained from scratch, memorisation check and source validation "
+              "loss recorded); the other rows branch from its checkpoints where their start rule fires")
+    with _trainers_with_progress(clock):
+        summary = run_rows(cfgs, trunk=TRUNK)
+    _write_json(state_path, {"fingerprint": fingerprint, "complete": True})
 
-    # -- the trunk: A+SISSI(S), from scratch
-    fp_trunk = _hash([_cfg_fingerprint(trunk_cfg), data_stamp])
-    if _row_done(dirs["adele_sissi_s"], fp_trunk):
-        clock.say("  A+SISSI(S) (trunk): finished earlier, reused")
-    else:
-        _row_ready(dirs["adele_sissi_s"], fp_trunk)
-        clock.say("  A+SISSI(S) (trunk): trains from scratch; the other rows share its weak-label epochs")
-        train_row("adele_sissi_s", trunk_cfg, clock, fp_trunk, {"branch": None})
-    mem = _read_json(os.path.join(dirs["adele_sissi_s"], "sissi", "memorisation.json"), {})
-    fired = mem.get("fired_epoch")
-    info["adele_fired_epoch"] = fired
-    last_weak_trunk = epochs - 1 if fired is None else min(fired, epochs - 1)
-    if fired is None:
-        clock.say("  ADELE did not fire: the A+SISSI(S) row trained on weak labels throughout")
-    else:
-        clock.say(f"  ADELE fired at epoch {fired}: pseudo-labels + synthetic-like images from epoch {fired + 1}")
-
-    # -- Weak-only: the trunk's weak-label epochs 0..last_weak_trunk, then on its own
-    fp_weak = _hash([_cfg_fingerprint(cfgs["weak_only"]), fp_trunk, last_weak_trunk])
-    weak_branch = {"parent": "adele_sissi_s", "after_epoch": last_weak_trunk}
-    if _row_done(dirs["weak_only"], fp_weak):
-        clock.say("  Weak-only: finished earlier, reused")
-    else:
-        if not _row_ready(dirs["weak_only"], fp_weak) or not os.path.isfile(
-                os.path.join(dirs["weak_only"], "last_checkpoint")):
-            branch_row(dirs["adele_sissi_s"], dirs["weak_only"], last_weak_trunk, ipe)
-        clock.say(f"  Weak-only: continues from the trunk's checkpoint after epoch {last_weak_trunk} "
-                  f"(epochs 0..{last_weak_trunk} shared)")
-        train_row("weak_only", cfgs["weak_only"], clock, fp_weak, {"branch": weak_branch})
-    info["weak_only_branch"] = weak_branch
-
-    # -- Baseline: the weak-label history of both decides where its rule fires
-    history = (_hook_state(os.path.join(dirs["weak_only"], "model_final.pth"), "SourceValLossHook") or {}).get("history", [])
-    patience = int(cfgs["baseline"].SISSI.SOURCE_VAL.PATIENCE)
-    start, best = source_val_start(history, patience)
-    info["source_val_history"] = history
-    info["baseline_start_epoch"], info["baseline_best_epoch"] = start, best
-
-    def weak_checkpoint(epoch_end: int) -> tuple:
-        """(folder, path) of the weak-label checkpoint at the end of ``epoch_end``."""
-        folder = dirs["adele_sissi_s"] if epoch_end <= last_weak_trunk else dirs["weak_only"]
-        return folder, os.path.join(folder, _ckpt_name((epoch_end + 1) * ipe - 1))
-
-    fp_base = _hash([_cfg_fingerprint(cfgs["baseline"]), fp_weak, start, best])
-    if start is None:
-        clock.say(f"  Baseline: the source validation loss improved within every {patience} epochs: the rule "
-                  "never fired, so Baseline = Weak-only")
-        info["baseline_branch"] = {"same_as": "weak_only"}
-    elif _row_done(dirs["baseline"], fp_base):
-        clock.say("  Baseline: finished earlier, reused")
-        info["baseline_branch"] = _read_json(_row_state_path(dirs["baseline"]), {}).get("branch")
-    else:
-        parent_dir, _ = weak_checkpoint(start - 1)
-        parent = "adele_sissi_s" if parent_dir == dirs["adele_sissi_s"] else "weak_only"
-        branch = {"parent": parent, "after_epoch": start - 1, "best_epoch": best}
-        if not _row_ready(dirs["baseline"], fp_base) or not os.path.isfile(
-                os.path.join(dirs["baseline"], "last_checkpoint")):
-            branch_row(parent_dir, dirs["baseline"], start - 1, ipe)
-            _write_best_weights(dirs, best, weak_checkpoint, os.path.join(dirs["baseline"], "sissi"))
-        clock.say(f"  Baseline: lowest source validation loss at epoch {best}, no new low for {patience} "
-                  f"epochs -> continues from the {ROW_NAMES[parent]} checkpoint after epoch {start - 1}; "
-                  f"correction starts at epoch {start} from the epoch-{best} weights")
-        train_row("baseline", cfgs["baseline"], clock, fp_base, {"branch": branch})
-        info["baseline_branch"] = branch
-    info["fingerprints"] = {"adele_sissi_s": fp_trunk, "weak_only": fp_weak, "baseline": fp_base}
-    info["dirs"] = dirs
-    info["cfgs"] = cfgs
+    trunk_dir = trunk_cfg.OUTPUT_DIR
+    hooks_state = _trainer_hooks_state(os.path.join(trunk_dir, "model_final.pth"))
+    plans = {row: branch_epoch(cfgs[row], hooks_state) for row in cfgs if row != TRUNK}
+    mem = _read_json(os.path.join(trunk_dir, "sissi", "memorisation.json"), {})
+    info = {
+        "cfgs": cfgs, "dirs": {r: c.OUTPUT_DIR for r, c in cfgs.items()}, "summary": summary, "epochs": epochs,
+        "plans": plans, "memorisation": mem, "adele_fired_epoch": mem.get("fired_epoch"),
+        "source_val_history": hooks_state.get("SourceValLossHook", {}).get("history", []),
+        "baseline_start_epoch": plans["baseline"][0] if plans["baseline"] else None,
+        "baseline_best_epoch": plans["baseline"][1] if plans["baseline"] else None,
+    }
     return info
 
 
-def _write_best_weights(dirs, best: int, weak_checkpoint, sissi_dir: str):
-    """``best_source_val.pth`` of the Baseline branch: the weights at the start of epoch ``best``."""
-    import torch
-
-    from sissi_d2.utils.atomic import atomic_open
-
-    os.makedirs(sissi_dir, exist_ok=True)
-    dst = os.path.join(sissi_dir, "best_source_val.pth")
-    if best == 0:
-        src = os.path.join(dirs["adele_sissi_s"], "sissi", "best_source_val.pth")
-        state = torch.load(src, map_location="cpu", weights_only=True)
-        if int(state.get("epoch", -1)) != 0:
-            raise RuntimeError("the untrained model had the lowest source validation loss and its weights are gone; "
-                               "raise SISSI.SOURCE_VAL.PATIENCE or the learning rate")
-        shutil.copy2(src, dst)
-        return
-    _, path = weak_checkpoint(best - 1)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    with atomic_open(dst, "wb") as f:
-        torch.save({"model": state["model"], "epoch": int(best)}, f)
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. evaluation
-# ---------------------------------------------------------------------------------------------
 def gt_boxes(dataset: str) -> dict:
     from detectron2.data import DatasetCatalog
 
@@ -580,27 +445,16 @@ def gt_boxes(dataset: str) -> dict:
     return records_ground_truth(DatasetCatalog.get(dataset))
 
 
-def evaluate_row(row: str, cfg, row_dir: str, fingerprint: str, test_gt: dict, clock: Clock) -> dict:
-    """AP50/AP75/AP/AR of ``model_final.pth`` on the test set; cached in demo_eval.json."""
-    from detectron2.data import DatasetCatalog
-
-    from sissi_d2.engine import SISSITrainer
-    from sissi_d2.engine.checkpoint import load_weights
-    from sissi_d2.engine.inference import RecordPredictor
-    from sissi_d2.evaluation.box_metrics import coco_box_metrics
-
-    path = os.path.join(row_dir, "demo_eval.json")
-    cached = _read_json(path)
-    if cached is not None and cached.get("fingerprint") == fingerprint:
-        return cached
-    model = SISSITrainer.build_model(cfg)
-    load_weights(model, os.path.join(row_dir, "model_final.pth"))
-    preds = RecordPredictor(cfg).plain_predictions(model, DatasetCatalog.get(TEST_SET), desc=f"test, {ROW_NAMES[row]}")
-    metrics = coco_box_metrics(test_gt, preds, max_dets=int(cfg.SISSI.EVAL.MAX_DETS))
-    result = {"fingerprint": fingerprint, "metrics": metrics,
-              "predictions": {k: [b.tolist(), s.tolist()] for k, (b, s) in preds.items()}}
-    _write_json(path, result)
-    return result
+def row_evaluation(row: str, info: dict) -> dict:
+    """{"metrics": AP50/AP75/AP/AR, "predictions": {file: (boxes, scores)}} of a trained row."""
+    entry = info["summary"][row]
+    metrics = entry.get("metrics") or {}
+    metrics = metrics.get("test") or metrics.get(TEST_SET) or next(iter(metrics.values()), {})
+    source_row = entry.get("same_as") or row
+    path = os.path.join(info["dirs"][source_row], "inference", TEST_SET, "predictions.json")
+    preds = {p["file"]: (np.asarray(p["boxes"], np.float32).reshape(-1, 4), np.asarray(p["scores"], np.float32))
+             for p in (_read_json(path, []) or [])}
+    return {"metrics": dict(metrics), "predictions": preds}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,10 +479,10 @@ def make_figures(output: str, root: str, info: dict, weak: dict, evals: dict, te
     fig_dir = os.path.join(output, "figures")
     os.makedirs(fig_dir, exist_ok=True)
     figs = {}
-    trunk = info["dirs"]["adele_sissi_s"]
+    adele = info["dirs"]["adele_sissi_s"]
 
-    # memorisation curve (paper Fig. 7)
-    mem_json = os.path.join(trunk, "sissi", "memorisation.json")
+    # memorisation curve (paper Fig. 7), recorded by the trunk
+    mem_json = os.path.join(info["dirs"][TRUNK], "sissi", "memorisation.json")
     if os.path.isfile(mem_json):
         figs["memorisation"] = plot_memorisation_curve(
             mem_json, os.path.join(fig_dir, "memorisation_curve.png"),
@@ -636,7 +490,7 @@ def make_figures(output: str, root: str, info: dict, weak: dict, evals: dict, te
 
     # one target training image: weak labels -> pseudo-labels per correction epoch (Fig. 8)
     train_gt = gt_boxes("synth_target_train_oracle")
-    snaps = sorted(glob.glob(os.path.join(trunk, "sissi", "pseudo_labels", "epoch_*.json")))
+    snaps = sorted(glob.glob(os.path.join(adele, "sissi", "pseudo_labels", "epoch_*.json")))
     snap_boxes = [(int(os.path.basename(p)[6:10]), _snapshot_boxes(p)) for p in snaps]
     files = {_key(p): p for p in _image_files(os.path.join(root, "target", "train"))}
     key = max(sorted(files), key=lambda k: (len(train_gt.get(k, [])), -sorted(files).index(k)))
@@ -690,91 +544,128 @@ def results_table(rows: list) -> str:
     return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
 
 
-def write_report(output: str, args, manifest: dict, weak: dict, info: dict, table_rows: list, figs: dict,
-                 wall: float, resumed: bool) -> str:
-    cfg = info["cfgs"]["adele_sissi_s"]
-    mem = _read_json(os.path.join(info["dirs"]["adele_sissi_s"], "sissi", "memorisation.json"), {})
-    fired, epochs, ipe = info["adele_fired_epoch"], info["epochs"], info["iters_per_epoch"]
+def label_quality(weak: dict, info: dict, max_dets: int) -> list:
+    """Box metrics of the training labels against the oracle masks: the weak labels, then the
+    A+SISSI(S) pseudo-labels of every correction epoch (what each epoch trained on)."""
+    from sissi_d2.evaluation.box_metrics import coco_box_metrics
+
+    gt = gt_boxes("synth_target_train_oracle")
+    out = [{"labels": "weak labels", "metrics": coco_box_metrics(gt, weak["train"], max_dets=max_dets)}]
+    snaps = sorted(glob.glob(os.path.join(info["dirs"]["adele_sissi_s"], "sissi", "pseudo_labels", "epoch_*.json")))
+    for path in snaps:
+        epoch = int(os.path.basename(path)[6:10])
+        out.append({"labels": f"pseudo-labels, epoch {epoch}",
+                    "metrics": coco_box_metrics(gt, load_weak_json(path), max_dets=max_dets)})
+    return out
+
+
+def write_report(output: str, args, manifest: dict, weak: dict, info: dict, table_rows: list, quality: list,
+                 figs: dict, wall: float, resumed: bool) -> str:
+    from tabulate import tabulate
+
+    cfg = info["cfgs"][TRUNK]
+    mem = info["memorisation"]
+    fired, epochs = info["adele_fired_epoch"], info["epochs"]
     counts = manifest["params"]["counts"]
     cells = manifest.get("cells", {})
     size = manifest["params"]["size"]
     rel = {k: os.path.relpath(v, output) for k, v in figs.items()}
-    L = []
-    L.append("# SISSI demo on synthetic data\n")
+    summary = info["summary"]
+    L = ["# SISSI demo on synthetic data\n"]
     L.append(f"Command: `python tools/demo.py {' '.join(sys.argv[1:])}`  ")
-    L.append(f"Wall time of this run: **{wall / 60:.1f} min**" + (" (resumed: finished steps were reused)" if resumed else "")
+    L.append(f"Wall time of this run: **{wall / 60:.1f} min**" + (" (re-run: finished steps were reused)" if resumed else "")
              + f"; seed {args.seed}{'; --quick' if args.quick else ''}.\n")
+
     L.append("## Data\n")
     L.append(f"Synthetic set ({size[0]}x{size[1]} px) in `{args.synthetic_root}`: source (fluorescent-like nuclei, "
-             f"fully labelled) {counts['source_train']} train + {counts['source_val']} validation images; target "
+             f"fully labelled) {counts['source_train']} training + {counts['source_val']} validation images; target "
              f"(phase-contrast-like fibroblasts) {counts['target_train']} training images with weak labels only and "
              f"{counts['target_test']} test images with true boxes. Cells: "
              + ", ".join(f"{k} {v}" for k, v in cells.items()) + ".\n")
     s = weak["settings"]
-    L.append(f"Weak labels: the `{s['pipeline']}` pipeline of `sissi_d2.weak_labels` (cell size {s['cell_size']}) "
-             f"on every target image, written to `{weak['train_json']}`.\n")
+    L.append(f"Weak labels: the `{s['pipeline']}` pipeline of `sissi_d2.weak_labels` (cell size {s['cell_size']}) on "
+             f"every target image, written to `{weak['train_json']}` (the test images' weak labels, for the "
+             f"\"weak labels as detections\" row, to `{os.path.relpath(weak['test_json'], output)}`).\n")
+
     L.append("## Results on the target test set\n")
-    L.append("COCO box metrics in percent, maxDets 400, against the true boxes of the test images. The weak-label "
-             "rows score the classical pipeline's boxes as detections (with their scores): on the test images "
-             "(comparable with the models) and on the training images against their oracle masks (the quality of "
-             "what the models were trained on).\n")
+    L.append("COCO box metrics in percent (maxDets 400) against the true boxes. \"Weak labels (as detections)\" scores "
+             "the classical pipeline's boxes (with their scores) like a detector: on the test images, comparable with "
+             "the trained rows, and on the training images against their oracle masks, i.e. the quality of what the "
+             "rows were trained on.\n")
     L.append(results_table(table_rows) + "\n")
-    L.append("## How the rows were trained (shared early learning)\n")
-    L.append(f"All rows use `configs/demo/Base-Demo.yaml`: R18-FPN (GroupNorm, from scratch), {size[0]} px, "
+
+    L.append("## How the rows were trained: one shared early phase\n")
+    L.append(f"`configs/demo/Base-Demo.yaml`: R18-FPN (GroupNorm, from scratch, 64-channel FPN), {size[0]} px, "
              f"{cfg.SISSI.IMS_PER_BATCH_SOURCE} source + {cfg.SISSI.IMS_PER_BATCH_TARGET} target images per iteration, "
-             f"{epochs} epochs of {ipe} iterations, SGD lr {cfg.SOLVER.BASE_LR}, seed {cfg.SEED}. Until a row's start "
-             "rule fires it trains on the same weak labels with the same data order as every other row, so that "
-             "common past is trained once:\n")
-    L.append(f"- **A+SISSI(S)** (`configs/demo/adele_sissi_s.yaml`) is the trunk, trained from scratch. "
-             + (f"ADELE fired at epoch {fired}; epochs 0..{fired} trained on the weak labels, epochs "
-                f"{fired + 1}..{epochs - 1} on TTA+WBF pseudo-labels regenerated every epoch, with synthetic-like "
-                "images (strong blur)." if fired is not None else "ADELE never fired: it trained on weak labels "
-                                                                   "throughout."))
-    wb = info["weak_only_branch"]
-    L.append(f"- **Weak-only** (`weak_only.yaml`) shares the trunk's epochs 0..{wb['after_epoch']} (its checkpoint "
-             f"after epoch {wb['after_epoch']}, the last weak-label epoch of the trunk) and continues alone on the "
-             "weak labels to the end.")
-    bb = info.get("baseline_branch") or {}
-    hist = ", ".join(f"{int(e)}: {v:.3f}" for e, v in info["source_val_history"])
-    if bb.get("same_as"):
+             f"{epochs} epochs (one epoch = one pass over the target training images), SGD lr {cfg.SOLVER.BASE_LR}, "
+             f"seed {cfg.SEED}. Until its start rule fires every row trains on the same weak labels with the same "
+             "data order and the same random draws (seeded by epoch and iteration), so the rows are identical up to "
+             "there and that past is trained once (`sissi_d2.engine.rows.run_rows`):\n")
+    L.append(f"- **Weak-only** (`configs/demo/weak_only.yaml`) is the trunk: trained from scratch for all {epochs} "
+             "epochs on the weak labels, recording both start signals (the ADELE memorisation check, "
+             "`SISSI.ADELE.TRACK`, and the source validation loss) and a checkpoint per epoch.")
+    plan_a, plan_b = info["plans"].get("adele_sissi_s"), info["plans"].get("baseline")
+    if plan_a:
+        L.append(f"- **A+SISSI(S)** (`adele_sissi_s.yaml`): ADELE fired at epoch {fired}, so the row is the trunk up "
+                 f"to the end of epoch {plan_a[0] - 1} (its checkpoint is copied and resumed); from epoch {plan_a[0]} "
+                 "on it trains on TTA+WBF pseudo-labels regenerated at every epoch start, on synthetic-like images "
+                 "(strong blur).")
+    else:
+        L.append("- **A+SISSI(S)** (`adele_sissi_s.yaml`): ADELE did not fire early enough to leave a correction "
+                 "epoch, so the row equals the trunk (not trained again).")
+    if plan_b:
+        L.append(f"- **Baseline** (`baseline.yaml`): the source validation loss was lowest at epoch {plan_b[1]} and "
+                 f"had no new low for {info['cfgs']['baseline'].SISSI.SOURCE_VAL.PATIENCE} epochs at epoch {plan_b[0]}: "
+                 f"the row is the trunk up to the end of epoch {plan_b[0] - 1}, restores the weights of epoch "
+                 f"{plan_b[1]} and self-trains on pseudo-labels from epoch {plan_b[0]} on, without cloning.")
+    else:
         L.append(f"- **Baseline** (`baseline.yaml`): the source validation loss never went "
                  f"{info['cfgs']['baseline'].SISSI.SOURCE_VAL.PATIENCE} epochs without a new low, so its rule never "
-                 "fired and the row is identical to Weak-only (not trained again).")
-    else:
-        L.append(f"- **Baseline** (`baseline.yaml`): the source validation loss (on "
-                 f"{info['cfgs']['baseline'].SISSI.SOURCE_VAL.MAX_IMAGES or 'all'} validation images, per epoch start) "
-                 f"was lowest at epoch {info['baseline_best_epoch']} and did not improve for "
-                 f"{info['cfgs']['baseline'].SISSI.SOURCE_VAL.PATIENCE} epochs, so the rule fires at epoch "
-                 f"{info['baseline_start_epoch']}: the row shares epochs 0..{bb.get('after_epoch')} "
-                 f"(checkpoint of {ROW_NAMES.get(bb.get('parent'), '?')}), restores the epoch-"
-                 f"{info['baseline_best_epoch']} weights and self-trains on pseudo-labels without cloning.")
-    L.append(f"\nSource validation loss per epoch (weak-label training): {hist}.\n")
+                 "fired: the row equals the trunk (not trained again).")
+    trained = epochs + sum(epochs - p[0] for p in (plan_a, plan_b) if p)
+    L.append(f"\nEpochs trained: {trained} instead of {3 * epochs} for three separate runs. Source validation loss per "
+             "epoch start (trunk): " + ", ".join(f"{int(e)}: {v:.3f}" for e, v in info["source_val_history"]) + ".\n")
+
     L.append("## Memorisation detection (ADELE, paper Fig. 7)\n")
     if mem:
         ap = ", ".join(f"{e}: {100 * v:.1f}" for e, v in zip(mem.get("epochs", []), mem.get("ap50", [])))
-        ue = ", ".join(f"{e}: {u}" for e, u in zip(mem.get("epochs", []), mem.get("update_epochs", [])))
-        L.append(f"AP50 (%) of plain inference on the target training images against their initial weak labels, "
-                 f"per epoch start: {ap}. Estimated update epoch after each: {ue}. Horizon (ADELE's n_epoch) "
-                 f"{mem.get('horizon')}, threshold {mem.get('threshold')}, at least {mem.get('min_points')} points. "
-                 + (f"**Fired at epoch {fired}**; pseudo-labels from epoch {fired + 1}." if fired is not None
-                    else "**Did not fire.**") + "\n")
+        ue = ", ".join(f"{e}: {u if u is not None else '-'}" for e, u in zip(mem.get("epochs", []), mem.get("update_epochs", [])))
+        L.append(f"AP50 (%) of plain inference on the target training images against their initial weak labels, at "
+                 f"each epoch start: {ap}. Estimated update epoch after each check: {ue}. ADELE's horizon "
+                 f"(n_epoch) {mem.get('horizon')}, threshold {mem.get('threshold')}, at least {mem.get('min_points')} "
+                 "points per fit. "
+                 + (f"**Memorisation detected at epoch {fired}**: that epoch still trains on the weak labels, the "
+                    f"first pseudo-labels are made at the start of epoch {fired + 1}." if fired is not None
+                    else "**Memorisation was not detected.**") + "\n")
     if "memorisation" in rel:
         L.append(f"![memorisation curve]({rel['memorisation']})\n")
-    L.append("## Pseudo-labels over the correction epochs (paper Fig. 8)\n")
-    L.append("One target training image: its true boxes (green, never used in training), its weak labels (yellow) "
-             "and the A+SISSI(S) pseudo-labels (red) made at the start of each correction epoch.\n")
+
+    L.append("## Training labels over the correction epochs (paper Fig. 8)\n")
+    L.append("Quality of the labels each A+SISSI(S) epoch trained on, against the oracle masks of the target "
+             "training images (never used in training):\n")
+    L.append(tabulate([[q["labels"], q["metrics"].get("num_pred")] + [_fmt(q["metrics"].get(m)) for m in METRICS]
+                       for q in quality], headers=["labels", "#boxes"] + list(METRICS), tablefmt="pipe",
+                      disable_numparse=True) + "\n")
+    L.append("One target training image: true boxes (green), weak labels (yellow) and the pseudo-labels (red) made "
+             "at the start of each correction epoch.\n")
     L.append(f"![pseudo-labels]({rel['pseudo_labels']})\n")
+
     L.append("## Synthetic-like images (paper Fig. 3)\n")
-    L.append("The same image, background blurred and the labelled boxes seamlessly cloned back: unlabelled cells "
-             "fade into the background instead of being learnt as background.\n")
+    L.append("The same image with its background blurred and the labelled boxes seamlessly cloned back "
+             "(`sissi_d2.algorithms.cloning`): unlabelled cells fade into the background instead of being learnt as "
+             "background.\n")
     L.append(f"![synthetic-like]({rel['synthetic_like']})\n")
+
     L.append("## Test images\n")
-    L.append("True boxes in green; weak labels (yellow) and detections with score >= 0.5 (red) of each row.\n")
+    L.append("True boxes in green; the weak labels (yellow) and each row's detections with score >= 0.5 (red).\n")
     L.append(f"![test predictions]({rel['test_predictions']})\n")
+
     L.append("## Caveats\n")
-    L.append("A demo, not a benchmark: a few dozen synthetic images, a small model trained from scratch for a few "
-             "minutes on a CPU, one seed. The numbers show the pipeline working end to end; they are noisy and do "
-             "not reproduce the paper's Table 1 (for that: `make table` on the real data).\n")
+    L.append("A demo, not a benchmark: a few dozen small synthetic images, a small detector trained from scratch for "
+             "minutes on a CPU, one seed. The numbers show the method working end to end and are noisy; they do not "
+             "reproduce the paper's Table 1.\n")
+    L.append("Artifacts: `results.json` (all numbers), `log.txt` (full log), `rows/<row>/` (model_final.pth, "
+             "metrics, `sissi/memorisation.json`, `sissi/pseudo_labels/epoch_NNNN.json`).\n")
     path = os.path.join(output, "report.md")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write("\n".join(L))
@@ -785,18 +676,19 @@ def write_report(output: str, args, manifest: dict, weak: dict, info: dict, tabl
 def prune_checkpoints(info: dict):
     """Keep model_final.pth of each row; drop the per-epoch checkpoints (~100 MB each)."""
     for d in info["dirs"].values():
+        if not os.path.isfile(os.path.join(d, "model_final.pth")):
+            continue
         for p in glob.glob(os.path.join(d, "model_0*.pth")):
             os.remove(p)
-        if os.path.isfile(os.path.join(d, "model_final.pth")):
-            with open(os.path.join(d, "last_checkpoint"), "w") as f:
-                f.write("model_final.pth")
+        with open(os.path.join(d, "last_checkpoint"), "w") as f:
+            f.write("model_final.pth")
 
 
 # ---------------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="output/demo", help="report, figures, rows (default: output/demo)")
-    p.add_argument("--quick", action="store_true", help="a tiny run (128 px, 6 epochs, a few images): for tests")
+    p.add_argument("--quick", action="store_true", help="a tiny run (128 px, a few images and epochs): for tests")
     p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     p.add_argument("--synthetic-root", default=None,
                    help="synthetic data folder (default: synthetic_root(), i.e. env SISSI_SYNTHETIC_ROOT or "
@@ -819,6 +711,8 @@ def main(argv=None) -> int:
         args.synthetic_root = synthetic_root() + ("_quick" if args.quick else "")
     root = os.path.abspath(args.synthetic_root)
     opts = (QUICK_OPTS if args.quick else []) + [o for o in args.opts if o != "--"]
+    if len(opts) % 2:
+        raise SystemExit(f"config overrides must be KEY VALUE pairs, got {args.opts}")
     sizes = QUICK_DATA if args.quick else FULL_DATA
     resumed = os.path.isfile(os.path.join(output, "results.json"))
     clock.say(f"SISSI demo{' (quick)' if args.quick else ''}: output {output}")
@@ -826,38 +720,33 @@ def main(argv=None) -> int:
     manifest = prepare_data(root, sizes, args.seed, clock)
     weak = prepare_weak_labels(root, output, manifest, sizes["size"], clock)
     register(root, clock)
-    data_stamp = [manifest["params"], weak["hash"]]
-    info = train_rows(output, opts, args.seed, clock, data_stamp)
+    info = train_rows(output, opts, args.seed, clock, [manifest["params"], weak["hash"]])
 
-    clock.say("Step 5/6: evaluation on the target test set")
-    test_gt = gt_boxes(TEST_SET)
+    clock.say("Step 5/6: results on the target test set")
     from sissi_d2.evaluation.box_metrics import coco_box_metrics
 
-    max_dets = int(info["cfgs"]["adele_sissi_s"].SISSI.EVAL.MAX_DETS)
-    evals = {}
-    for row in ("weak_only", "baseline", "adele_sissi_s"):
-        if row == "baseline" and (info.get("baseline_branch") or {}).get("same_as"):
-            evals[row] = evals["weak_only"]
-            continue
-        evals[row] = evaluate_row(row, info["cfgs"][row], info["dirs"][row], info["fingerprints"][row], test_gt, clock)
+    max_dets = int(info["cfgs"][TRUNK].SISSI.EVAL.MAX_DETS)
+    test_gt = gt_boxes(TEST_SET)
+    evals = {row: row_evaluation(row, info) for row, _, _ in ROWS}
     weak_test = coco_box_metrics(test_gt, weak["test"], max_dets=max_dets)
     weak_train = coco_box_metrics(gt_boxes("synth_target_train_oracle"), weak["train"], max_dets=max_dets)
     fired = info["adele_fired_epoch"]
-    base_start = info.get("baseline_start_epoch")
+    plan_a, plan_b = info["plans"].get("adele_sissi_s"), info["plans"].get("baseline")
     table_rows = [
-        {"key": "weak_labels_train", "name": "Weak labels (as detections)", "on": "target train (oracle)", "rule": "-",
-         "cloning": "-", "start": "-", "metrics": weak_train},
+        {"key": "weak_labels_train", "name": "Weak labels (as detections)", "on": "target train (oracle)",
+         "rule": "-", "cloning": "-", "start": "-", "metrics": weak_train},
         {"key": "weak_labels_test", "name": "Weak labels (as detections)", "on": "target test", "rule": "-",
          "cloning": "-", "start": "-", "metrics": weak_test},
         {"key": "weak_only", "name": "Weak-only", "on": "target test", "rule": "never", "cloning": "never",
          "start": "-", "metrics": evals["weak_only"]["metrics"]},
         {"key": "baseline", "name": "Baseline", "on": "target test", "rule": "source val loss", "cloning": "never",
-         "start": "-" if base_start is None else f"epoch {base_start}", "metrics": evals["baseline"]["metrics"]},
+         "start": f"epoch {plan_b[0]}" if plan_b else "never", "metrics": evals["baseline"]["metrics"]},
         {"key": "adele_sissi_s", "name": "A+SISSI(S)", "on": "target test", "rule": "ADELE", "cloning": "strong",
-         "start": "-" if fired is None else f"epoch {fired + 1}", "metrics": evals["adele_sissi_s"]["metrics"]},
+         "start": f"epoch {plan_a[0]}" if plan_a else "never", "metrics": evals["adele_sissi_s"]["metrics"]},
     ]
     table = results_table(table_rows)
     print("\n" + table + "\n", flush=True)
+    quality = label_quality(weak, info, max_dets)
 
     clock.say("Step 6/6: figures and report")
     figs = make_figures(output, root, info, weak, evals, test_gt, clock)
@@ -867,18 +756,20 @@ def main(argv=None) -> int:
     results = {
         "wall_time_s": wall, "quick": args.quick, "seed": args.seed, "synthetic_root": root,
         "data": manifest, "weak_label_settings": weak["settings"],
-        "rows": {r["key"]: {"name": r["name"], "evaluated_on": r["on"], "start": r["start"],
-                            **{m: r["metrics"].get(m) for m in METRICS},
-                            "num_gt": r["metrics"].get("num_gt"), "num_pred": r["metrics"].get("num_pred")}
-                 for r in table_rows},
-        "adele_fired_epoch": fired, "baseline_start_epoch": base_start,
-        "baseline_best_epoch": info.get("baseline_best_epoch"),
-        "branches": {"weak_only": info["weak_only_branch"], "baseline": info.get("baseline_branch")},
-        "epochs": info["epochs"], "iters_per_epoch": info["iters_per_epoch"],
+        "rows": {r["key"]: {"name": r["name"], "evaluated_on": r["on"], "correction_from": r["start"],
+                            **{m: r["metrics"].get(m) for m in METRICS}} for r in table_rows},
+        "training_label_quality": [{"labels": q["labels"], **{m: q["metrics"].get(m) for m in METRICS},
+                                    "num_boxes": q["metrics"].get("num_pred")} for q in quality],
+        "adele_fired_epoch": fired, "memorisation": info["memorisation"],
+        "baseline_start_epoch": plan_b[0] if plan_b else None, "baseline_best_epoch": plan_b[1] if plan_b else None,
+        "source_val_history": info["source_val_history"],
+        "branches": {row: {"branched_from_epoch": e.get("branched_from_epoch"), "same_as": e.get("same_as")}
+                     for row, e in info["summary"].items()},
+        "epochs": info["epochs"],
         "figures": {k: os.path.relpath(v, output) for k, v in figs.items()},
     }
     _write_json(os.path.join(output, "results.json"), results)
-    report = write_report(output, args, manifest, weak, info, table_rows, figs, wall, resumed)
+    report = write_report(output, args, manifest, weak, info, table_rows, quality, figs, wall, resumed)
     clock.say(f"Done in {wall / 60:.1f} min: {report}")
     return 0
 

@@ -77,16 +77,11 @@ def test_augmentation_independent_of_workers(tiny_datasets, tmp_path):
 
 def _rank_batches(out_dir, root):
     import sissi_d2  # noqa: F401
-    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.utils import comm
 
-    from tests.conftest import write_tiny_dataset
+    from tests.conftest import register_tiny_on_every_rank
 
-    for name, n, seed, keep in (("tiny_source", 6, 1, 1.0), ("tiny_target", 4, 2, 0.5)):
-        recs = write_tiny_dataset(os.path.join(root, name), n, seed, keep) if comm.is_main_process() else None
-        recs = comm.all_gather(recs)[0]
-        DatasetCatalog.register(name, lambda r=recs: r)
-        MetadataCatalog.get(name).set(thing_classes=["cell"])
+    register_tiny_on_every_rank(root)
     cfg = tiny_config(out_dir, "SISSI.IMS_PER_BATCH_SOURCE", "4", "SISSI.IMS_PER_BATCH_TARGET", "4")
     batches = _domains_per_batch(cfg, 0)
     with open(os.path.join(out_dir, f"rank{comm.get_rank()}.json"), "w") as f:

@@ -32,17 +32,12 @@ def test_unregistered_dataset_names_the_fix(tiny_datasets, tmp_path):
 
 def _two_rank_run(out_dir, data_root):
     import sissi_d2  # noqa: F401
-    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.utils import comm
 
     from sissi_d2.engine import SISSITrainer
-    from tests.conftest import write_tiny_dataset
+    from tests.conftest import register_tiny_on_every_rank
 
-    for name, n, seed, keep in (("tiny_source", 4, 1, 1.0), ("tiny_target", 4, 2, 0.5)):
-        recs = write_tiny_dataset(os.path.join(data_root, name), n, seed, keep) if comm.is_main_process() else None
-        recs = comm.all_gather(recs)[0]
-        DatasetCatalog.register(name, lambda r=recs: r)
-        MetadataCatalog.get(name).set(thing_classes=["cell"])
+    register_tiny_on_every_rank(data_root, n_source=4)
     cfg = tiny_config(os.path.join(out_dir, "run"), "SISSI.EPOCHS", "3", "SISSI.START_RULE", "epoch:1",
                       "SISSI.IMS_PER_BATCH_SOURCE", "2", "SISSI.IMS_PER_BATCH_TARGET", "2",
                       "SISSI.CLONING.MODE", "on_correction", "SISSI.ADELE.TRACK", "True")

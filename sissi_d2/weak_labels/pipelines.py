@@ -12,7 +12,7 @@ An image where a pipeline finds nothing gives ``(zeros((0, 4)), zeros(0))``.
 Sizes. The paper's pixel parameters were chosen on 640x480 CellLab images. Every length is
 multiplied by ``s = cell_size * sqrt(H * W / (640 * 480))`` and every area by ``s**2``
 (``size_scale``), so a 1024x1022 image gets s = 1.85 and the alive area window 400..1500 px
-becomes 1365..5120 px. ``cell_size`` is a linear factor: 2.0 means cells twice as long (four
+becomes 1363..5112 px. ``cell_size`` is a linear factor: 2.0 means cells twice as long (four
 times the area) as in the paper's images at the same field of view.
 
 The three paper pipelines ("alive", "inhibited", "dead") follow ``docs/method.md``. "phase" is
@@ -213,6 +213,8 @@ def alive_boxes(
     adaptive_c: float = 0.0,
     recon_size: float = 20.0,
     noise_tolerance: float = 50.0,
+    seed_image: str = "denoised",
+    recon_image: str = "denoised",
     pad: float = 2.0,
     min_area: float = 400.0,
     max_area: float = 1500.0,
@@ -222,13 +224,24 @@ def alive_boxes(
 
     gamma -> CLAHE -> {skeleton of an inverted adaptive threshold (background ridge markers),
     Sobel magnitude, opening/closing by reconstruction -> Otsu foreground, h-maxima seeds
-    (ImageJ Find Maxima, noise tolerance)} -> watershed of the gradient with imposed minima,
-    inside the foreground -> padded boxes, box-area window, NMS. Lengths and areas are given at
-    640x480 and scaled by ``size_scale``. Scores are 1.
+    (ImageJ Find Maxima, noise tolerance)} -> watershed of the gradient with minima imposed at
+    the seeds and the background skeleton -> regions inside the foreground -> padded boxes,
+    box-area window, NMS. Lengths and areas are given at 640x480 and scaled by ``size_scale``.
+    Scores are 1.
+
+    Wiring the appendix leaves open: the seeds (``seed_image``) and the reconstruction
+    (``recon_image``) use the median+bilateral image ("denoised"; "clahe" = the CLAHE image,
+    seeds may also use "reconstruction"): CLAHE with clip 15 amplifies noise so much that its
+    maxima fire everywhere and the erosion eats cells. The skeleton is a background marker only
+    outside the foreground: an inverted threshold with C = 0 marks half of any flat cell.
     """
     from skimage.morphology import h_maxima, skeletonize
     from skimage.segmentation import watershed
 
+    for name, value, allowed in (("seed_image", seed_image, ("denoised", "clahe", "reconstruction")),
+                                 ("recon_image", recon_image, ("denoised", "clahe"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     gray = to_gray8(image)
     h, w = gray.shape
     s = size_scale(gray.shape, cell_size)
@@ -240,7 +253,7 @@ def alive_boxes(
     tiles = max(1, min(int(clahe_tiles), h // 2, w // 2))
     v = cv2.createCLAHE(clipLimit=float(clahe_clip), tileGridSize=(tiles, tiles)).apply(v)
 
-    # external (background) markers: ridges of dark-than-neighbourhood structure
+    # external (background) markers: skeleton of what is darker than its neighbourhood
     m = cv2.medianBlur(v, _odd(median_ksize))
     m = cv2.bilateralFilter(m, int(bilateral[0]), float(bilateral[1]), float(bilateral[2]))
     block = _odd(adaptive_block * s)
@@ -255,7 +268,8 @@ def alive_boxes(
     # opening then closing by reconstruction (objects keep their shape, small detail goes)
     k = max(3, int(round(recon_size * s)))
     se = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    obr = _reconstruct_dilate(cv2.erode(v, se).astype(np.float64), v.astype(np.float64))
+    base = m if recon_image == "denoised" else v
+    obr = _reconstruct_dilate(cv2.erode(base, se).astype(np.float64), base.astype(np.float64))
     inv = 255.0 - obr
     obrcbr = 255.0 - _reconstruct_dilate(255.0 - cv2.dilate(obr.astype(np.float32), se), inv)
     t = _otsu(obrcbr)
@@ -266,16 +280,21 @@ def alive_boxes(
         return _empty()
 
     # seeds: maxima standing out by more than the noise tolerance (ImageJ "Find Maxima")
-    seeds = h_maxima(v, int(round(noise_tolerance))).astype(bool) & foreground
+    seed_source = {"reconstruction": lambda: np.clip(obrcbr, 0, 255).astype(np.uint8),
+                   "denoised": lambda: m, "clahe": lambda: v}[seed_image]()
+    seeds = h_maxima(seed_source, int(round(noise_tolerance))).astype(bool)
+    seeds &= foreground
     seed_labels, n_seeds = ndi.label(seeds, structure=np.ones((3, 3)))
     if n_seeds == 0:
         return _empty()
-    background_marker = skeleton & ~seeds
+    # background markers: the skeleton where it lies in the background (the lines between
+    # cells); inside the foreground it follows texture and would cut cells apart
+    background_marker = skeleton & ~foreground
     markers = seed_labels.copy()
     markers[background_marker] = n_seeds + 1
     surface = _impose_minima(grad, seeds | background_marker)
-    labels = watershed(surface, markers, mask=foreground)
-    labels[labels == n_seeds + 1] = 0
+    labels = watershed(surface, markers)
+    labels[(labels == n_seeds + 1) | ~foreground] = 0
 
     boxes = _label_boxes(labels, pad=pad * s)
     return _finish(boxes, np.ones(len(boxes)), gray.shape, min_area * s * s, max_area * s * s, nms_iou)
@@ -389,6 +408,184 @@ def dead_boxes(
     n = len(boxes)
     scores = 1.0 - np.arange(n) / float(n)
     return _finish(boxes, scores, gray.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# phase: dark cell bodies + texture, for phase-contrast images (ours, not in the paper)
+# ---------------------------------------------------------------------------------------------
+@WEAK_LABEL_PIPELINE_REGISTRY.register()
+def phase(image, cell_size: float = 1.0, **kwargs):
+    return phase_boxes(image, cell_size, **kwargs)
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _smooth_background(gray: np.ndarray, median_size: float, sigma: float) -> np.ndarray:
+    """Median then Gaussian background (float32). The Gaussian runs at a reduced resolution:
+    the background is smooth, and full-size kernels of huge images would take minutes."""
+    h, w = gray.shape
+    bg = cv2.medianBlur(gray, min(_odd(median_size), 255))
+    factor = max(1, min(int(sigma // 4), h // 8, w // 8))
+    if factor > 1:
+        bg = cv2.resize(bg, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    bg = cv2.GaussianBlur(bg.astype(np.float32), (0, 0), max(0.5, sigma / factor))
+    if factor > 1:
+        bg = cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+    return bg
+
+
+def _background_texture(sd: np.ndarray, floor: float) -> float:
+    """Mode of the local standard deviation: the texture level of empty background."""
+    hi = float(np.percentile(sd, 99.0))
+    if not np.isfinite(hi) or hi <= 0:
+        return float(floor)
+    hist, edges = np.histogram(sd, bins=256, range=(0.0, hi))
+    hist = np.convolve(hist, np.ones(3) / 3.0, mode="same")
+    i = int(np.argmax(hist))
+    return max(float(floor), 0.5 * float(edges[i] + edges[i + 1]))
+
+
+def phase_boxes(
+    image: np.ndarray,
+    cell_size: float = 1.0,
+    *,
+    polarity: str = "dark",
+    bg_median: float = 17.0,
+    bg_sigma: float = 22.0,
+    texture_window: float = 2.7,
+    texture_k: float = 5.0,
+    close_radius: float = 1.1,
+    open_radius: float = 1.6,
+    body_sigma: float = 2.2,
+    body_k: float = 2.5,
+    min_body_area: float = 59.0,
+    max_growth: float = 10.8,
+    min_area: float = 176.0,
+    keep_orphans: bool = True,
+    orphan_min_solidity: float = 0.8,
+    orphan_weight: float = 0.5,
+    shrink: float = 1.1,
+    score_half_area: float = 600.0,
+    noise_floor: float = 0.5,
+    return_labels: bool = False,
+):
+    """Phase-contrast cells: seeds from dark bodies, extent from texture (ours).
+
+    In phase contrast a spread cell is a dark body (nucleus, granules, cytoplasm) with a
+    bright halo along its edge; the background is flat with small debris. Steps:
+
+    1. ``d`` = image minus a smooth background (median ``bg_median`` then Gaussian ``bg_sigma``).
+    2. Foreground = local standard deviation of ``d`` (window ``texture_window``) above
+       ``texture_k`` times the background texture level (the histogram mode, so the threshold
+       adapts to each image's noise), closed, holes filled, opened, small parts dropped.
+    3. Bodies = foreground where Gaussian(``d``, ``body_sigma``) is darker than ``body_k``
+       background levels; components of at least ``min_body_area`` px are the seeds (the halo
+       between touching cells cuts their bodies apart).
+    4. Seeded watershed on a flat surface inside the foreground (geodesic Voronoi), each cell
+       limited to ``max_growth`` px around its body: the halo belongs to the cell, a faint
+       neighbour's texture does not.
+    5. Foreground parts without any body ("orphans": rounded, bright cells) are kept when
+       compact (solidity >= ``orphan_min_solidity``), with their score times ``orphan_weight``.
+    6. Boxes = region extents shrunk by ``shrink`` px per side (the halo overshoots the outline).
+       Score = a / (a + ``score_half_area``) with a = region area x solidity in reference px:
+       large, convex regions are whole cells; small or ragged ones are fragments or debris.
+
+    All lengths / areas are at 640x480 and scaled by ``size_scale`` (defaults tuned on the 25
+    Usiigaci training images at 1024x1022, s = 1.85). ``polarity="bright"`` looks for bright
+    bodies instead (e.g. inverted phase or dark-field). ``return_labels=True`` also returns the
+    label image (for inspection).
+    """
+    if polarity not in ("dark", "bright"):
+        raise ValueError(f"polarity must be 'dark' or 'bright', got {polarity!r}")
+    from skimage.segmentation import watershed
+
+    gray = to_gray8(image)
+    h, w = gray.shape
+    s = size_scale(gray.shape, cell_size)
+    empty = _empty()
+    if min(h, w) < 8 or int(gray.max()) == int(gray.min()):
+        return (*empty, np.zeros((h, w), np.int32)) if return_labels else empty
+
+    f = gray.astype(np.float32)
+    bg = _smooth_background(gray, bg_median * s, bg_sigma * s)
+    d = f - bg
+    if polarity == "bright":
+        d = -d
+
+    win = _odd(texture_window * s)
+    mean = cv2.blur(d, (win, win))
+    sd = np.sqrt(np.maximum(cv2.blur(d * d, (win, win)) - mean * mean, 0.0))
+    level = _background_texture(sd, noise_floor)
+
+    fg = (sd > texture_k * level).astype(np.uint8)
+    rc = max(1, int(round(close_radius * s)))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, _disk(rc))
+    fg = ndi.binary_fill_holes(fg).astype(np.uint8)
+    ro = max(1, int(round(open_radius * s)))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(ro)).astype(bool)
+    a_min = min_area * s * s
+    fg_lab, n_fg = ndi.label(fg, structure=np.ones((3, 3)))
+    if n_fg == 0:
+        return (*empty, np.zeros((h, w), np.int32)) if return_labels else empty
+    fg_sizes = np.bincount(fg_lab.ravel())
+    fg = fg & (fg_sizes[fg_lab] >= a_min)
+
+    body = (cv2.GaussianBlur(d, (0, 0), max(0.5, body_sigma * s)) < -body_k * level) & fg
+    body_lab, n_body = ndi.label(body, structure=np.ones((3, 3)))
+    if n_body:
+        sizes = np.bincount(body_lab.ravel())
+        small = sizes < min_body_area * s * s
+        small[0] = False
+        body_lab[small[body_lab]] = 0
+    labels = np.zeros((h, w), np.int32)
+    n_cells = 0
+    if body_lab.any():
+        labels = watershed(np.zeros((h, w), np.float32), body_lab, mask=fg).astype(np.int32)
+        if max_growth is not None and max_growth > 0:
+            dist = cv2.distanceTransform((body_lab == 0).astype(np.uint8), cv2.DIST_L2, 5)
+            labels[dist > max_growth * s] = 0
+        n_cells = int(labels.max())
+
+    is_orphan = np.zeros(0, bool)
+    if keep_orphans:
+        seeded = np.zeros(n_fg + 1, bool)
+        seeded[np.unique(fg_lab[body_lab > 0])] = True
+        orphan_mask = fg & ~seeded[fg_lab]
+        orph_lab, n_orph = ndi.label(orphan_mask, structure=np.ones((3, 3)))
+        if n_orph:
+            labels[orph_lab > 0] = orph_lab[orph_lab > 0] + n_cells
+            is_orphan = np.zeros(n_cells + n_orph + 1, bool)
+            is_orphan[n_cells + 1:] = True
+
+    boxes, scores = [], []
+    shrink_px = shrink * s
+    for idx, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        obj = labels[sl] == idx
+        area = float(obj.sum())
+        if area < a_min:
+            continue
+        contours, _ = cv2.findContours(obj.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.contourArea(cv2.convexHull(np.vstack(contours))) if contours else 0.0
+        solidity = min(1.0, area / hull) if hull > 0 else 1.0
+        orphan = idx < len(is_orphan) and is_orphan[idx]
+        if orphan and solidity < orphan_min_solidity:
+            continue
+        a_ref = area * solidity / (s * s)
+        score = a_ref / (a_ref + score_half_area)
+        if orphan:
+            score *= orphan_weight
+        ys, xs = sl
+        x0, y0, x1, y1 = xs.start, ys.start, xs.stop, ys.stop
+        sx = min(shrink_px, max(0.0, (x1 - x0 - 1) / 2.0))
+        sy = min(shrink_px, max(0.0, (y1 - y0 - 1) / 2.0))
+        boxes.append([x0 + sx, y0 + sy, x1 - sx, y1 - sy])
+        scores.append(score)
+    out = _finish(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64), gray.shape)
+    return (*out, labels) if return_labels else out
 
 
 # ---------------------------------------------------------------------------------------------

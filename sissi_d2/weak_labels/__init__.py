@@ -10,7 +10,7 @@ from .pipelines import (
     phase_boxes,
     size_scale,
 )
-from .quality import boxes_from_label_image, score_against_masks
+from .quality import score_against_masks
 
 __all__ = [
     "WEAK_LABEL_PIPELINE_REGISTRY",
@@ -22,6 +22,5 @@ __all__ = [
     "available_pipelines",
     "nms",
     "size_scale",
-    "boxes_from_label_image",
     "score_against_masks",
 ]

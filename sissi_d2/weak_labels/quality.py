@@ -1,6 +1,8 @@
 """Score weak labels against true instance masks (box AP / AR, COCO style).
 
 Only for measuring label quality (development, reports): SISSI training never reads the masks.
+True boxes come from the masks with the same rule as every data set loader
+(``sissi_d2.data.datasets.boxes_from_label_image``: specks and tiny labels ignored).
 """
 from __future__ import annotations
 
@@ -9,47 +11,15 @@ import os
 from typing import Mapping
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from ..data.datasets import DEFAULT_MIN_AREA, DEFAULT_SPECK_FRACTION, boxes_from_label_image
 from ..data.image_io import read_label_image
 from ..evaluation.box_metrics import coco_box_metrics
 
-__all__ = ["boxes_from_label_image", "find_mask_file", "score_against_masks", "MASK_SUFFIXES"]
+__all__ = ["find_mask_file", "score_against_masks", "MASK_SUFFIXES"]
 
 MASK_SUFFIXES = ("_masks", "_mask", "_labels", "_label", "")
 _EXTS = (".png", ".tif", ".tiff")
-
-
-def boxes_from_label_image(labels: np.ndarray, min_pixels: int = 10, speck_pixels: int = 30) -> np.ndarray:
-    """XYXY box (pixel edges) of every instance of a label image (0 = background).
-
-    Stray specks are not objects: a label with fewer than ``min_pixels`` pixels is ignored, and
-    a fragment (8-connected) smaller than ``speck_pixels`` does not widen its label's box as long
-    as the label has a bigger fragment.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"label image must be 2D, got shape {labels.shape}")
-    labels = labels.astype(np.int64, copy=False)
-    out = []
-    eight = np.ones((3, 3), bool)
-    for idx, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        obj = labels[sl] == idx
-        n_pix = int(obj.sum())
-        if n_pix < min_pixels:
-            continue
-        frag, n = ndi.label(obj, structure=eight)
-        if n > 1:
-            sizes = np.bincount(frag.ravel())[1:]
-            keep = sizes >= speck_pixels
-            if keep.any() and not keep.all():
-                obj = np.isin(frag, np.flatnonzero(keep) + 1)
-        ys, xs = np.nonzero(obj)
-        y0, x0 = sl[0].start, sl[1].start
-        out.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
-    return np.asarray(out, dtype=np.float32).reshape(-1, 4)
 
 
 def find_mask_file(mask_dir: str, stem: str) -> str | None:
@@ -71,8 +41,8 @@ def score_against_masks(
     weak: Mapping[str, tuple],
     mask_dir: str,
     max_dets: int = 400,
-    min_pixels: int = 10,
-    speck_pixels: int = 30,
+    min_area: int = DEFAULT_MIN_AREA,
+    speck_fraction: float = DEFAULT_SPECK_FRACTION,
     require_all: bool = False,
 ) -> dict:
     """COCO box metrics of weak labels against the instance masks in ``mask_dir``.
@@ -94,7 +64,7 @@ def score_against_masks(
         if path is None:
             missing.append(stem)
             continue
-        gt_boxes = boxes_from_label_image(read_label_image(path), min_pixels, speck_pixels)
+        gt_boxes = boxes_from_label_image(read_label_image(path), min_area=min_area, speck_fraction=speck_fraction)
         boxes, scores = weak[stem]
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import sissi_d2  # noqa: F401  (compatibility patches first)
-from sissi_d2.weak_labels.quality import boxes_from_label_image, find_mask_file, score_against_masks
+from sissi_d2.data.datasets import boxes_from_label_image
+from sissi_d2.weak_labels.quality import find_mask_file, score_against_masks
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TOOL = os.path.join(ROOT, "tools", "make_weak_labels.py")

@@ -1,0 +1,99 @@
+"""tools/demo.py --quick end to end: data, weak labels, three rows sharing their past, report.
+
+One quick run (about a minute on 2 CPU cores) into a temporary folder with its own synthetic
+root and cache; a second run must reuse everything.
+"""
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from tests.conftest import ROOT
+
+TOOL = os.path.join(ROOT, "tools", "demo.py")
+ROW_NAMES = ("Weak-only", "Baseline", "A+SISSI(S)")
+
+
+def _run(out, tmp, timeout=900):
+    env = dict(os.environ, SISSI_SYNTHETIC_ROOT=str(tmp / "synthetic"), SISSI_CACHE_DIR=str(tmp / "cache"),
+               PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, TOOL, "--quick", "--output", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    out = tmp / "out"
+    return {"tmp": tmp, "out": out, "stdout": _run(out, tmp)}
+
+
+def test_report_table_and_figures(demo):
+    out, stdout = demo["out"], demo["stdout"]
+    report = (out / "report.md").read_text()
+    for name in ROW_NAMES + ("Weak labels (as detections)",):
+        assert f"| {name}" in report, name
+        assert f"| {name}" in stdout, f"the table is printed too: {name}"
+    assert "| AP50" in report and "| AR" in report
+    for fig in ("memorisation_curve.png", "pseudo_labels.png", "synthetic_like.png", "test_predictions.png"):
+        path = out / "figures" / fig
+        assert f"figures/{fig}" in report, fig
+        img = cv2.imread(str(path))
+        assert img is not None and img.shape[0] > 50 and img.shape[1] > 100, fig
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["rows"]) == {"weak_labels_train", "weak_labels_test", "weak_only", "baseline", "adele_sissi_s"}
+    for key, row in results["rows"].items():
+        for m in ("AP50", "AP75", "AP", "AR"):
+            assert row[m] is None or math.isnan(row[m]) or 0.0 <= row[m] <= 100.0, (key, m, row[m])
+    assert results["rows"]["weak_labels_train"]["AP50"] > 0, "weak labels must find some true cells"
+
+
+def test_progress_is_printed(demo):
+    lines = [ln for ln in demo["stdout"].splitlines() if ln.startswith("[demo ")]
+    assert any("Step 1/6" in ln for ln in lines) and any("Step 6/6" in ln for ln in lines)
+    assert sum("done in" in ln and "epoch" in ln for ln in lines) >= 5, "one line per trained epoch"
+
+
+def test_adele_row_fired_and_wrote_pseudo_labels(demo):
+    out = demo["out"]
+    results = json.loads((out / "results.json").read_text())
+    fired = results["adele_fired_epoch"]
+    assert fired is not None and fired + 1 < results["epochs"], "ADELE must fire with a correction epoch left"
+    snaps = sorted(glob.glob(str(out / "rows" / "adele_sissi_s" / "sissi" / "pseudo_labels" / "epoch_*.json")))
+    assert snaps and os.path.basename(snaps[0]) == f"epoch_{fired + 1:04d}.json"
+    coco = json.loads(open(snaps[0]).read())
+    assert len(coco["images"]) == 4 and coco["categories"][0]["name"] == "cell"
+    assert results["branches"]["adele_sissi_s"]["branched_from_epoch"] == fired + 1
+    mem = json.loads((out / "rows" / "weak_only" / "sissi" / "memorisation.json").read_text())
+    assert mem["fired_epoch"] == fired
+
+
+def test_rows_share_their_past(demo):
+    out = demo["out"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["branches"]["weak_only"]["branched_from_epoch"] == 0  # the trunk
+    for row in ("baseline", "adele_sissi_s"):
+        b = results["branches"][row]
+        assert b["same_as"] == "weak_only" or b["branched_from_epoch"] >= 1, (row, b)
+    assert "shared early phase" in (out / "report.md").read_text()
+    # only the final weights are kept
+    assert not glob.glob(str(out / "rows" / "*" / "model_0*.pth"))
+    assert all(os.path.isfile(out / "rows" / r / "model_final.pth") for r in ("weak_only", "baseline", "adele_sissi_s"))
+
+
+def test_second_run_reuses_everything(demo):
+    before = json.loads((demo["out"] / "results.json").read_text())
+    stdout = _run(demo["out"], demo["tmp"])
+    assert "up to date" in stdout
+    assert stdout.count("trained earlier, reused") == 3
+    assert "done in" not in stdout.replace("Done in", ""), "no epoch is trained again"
+    after = json.loads((demo["out"] / "results.json").read_text())
+    for key in before["rows"]:
+        assert after["rows"][key]["AP50"] == pytest.approx(before["rows"][key]["AP50"]), key

@@ -172,8 +172,12 @@ def test_cli_pipeline_map_glob_nms_and_workers(folder, tmp_path):
     table = tmp_path / "map.csv"
     table.write_text("stem,pipeline\ncells,dead\n# a comment\ndeep_img,inhibited\n", encoding="utf-8")
     out = tmp_path / "weak.json"
-    assert tool.main([str(images / "*_img.png"), "-o", str(out), "--pipeline-map", str(table),
-                      "--pipeline", "phase", "--nms", "0.01", "--workers", "2", "--quiet"]) == 0
+    # In a fresh process, as users run it: forking this test process (whose OpenCV / OpenMP
+    # thread pools earlier tests started) can deadlock the worker processes.
+    proc = subprocess.run([sys.executable, TOOL, str(images / "*_img.png"), "-o", str(out), "--pipeline-map",
+                           str(table), "--pipeline", "phase", "--nms", "0.01", "--workers", "2", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     found = by_stem(read_json(out))
     assert found["cells_img"][0]["weak_label_pipeline"] == "dead"
     assert found["deep_img"][0]["weak_label_pipeline"] == "inhibited"

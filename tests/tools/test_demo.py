@@ -83,16 +83,19 @@ def test_rows_share_their_past(demo):
         b = results["branches"][row]
         assert b["same_as"] == "weak_only" or b["branched_from_epoch"] >= 1, (row, b)
     assert "shared early phase" in (out / "report.md").read_text()
-    # only the final weights are kept
+    # only the final weights are kept, for every row trained (a row whose rule never fired is the trunk)
     assert not glob.glob(str(out / "rows" / "*" / "model_0*.pth"))
-    assert all(os.path.isfile(out / "rows" / r / "model_final.pth") for r in ("weak_only", "baseline", "adele_sissi_s"))
+    for row in ("weak_only", "baseline", "adele_sissi_s"):
+        if not results["branches"][row]["same_as"]:
+            assert os.path.isfile(out / "rows" / row / "model_final.pth"), row
 
 
 def test_second_run_reuses_everything(demo):
     before = json.loads((demo["out"] / "results.json").read_text())
     stdout = _run(demo["out"], demo["tmp"])
     assert "up to date" in stdout
-    assert stdout.count("trained earlier, reused") == 3
+    trained = [r for r, b in before["branches"].items() if not b["same_as"]]
+    assert stdout.count("trained earlier, reused") == len(trained)
     assert "done in" not in stdout.replace("Done in", ""), "no epoch is trained again"
     after = json.loads((demo["out"] / "results.json").read_text())
     for key in before["rows"]:

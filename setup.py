@@ -22,6 +22,7 @@ setup(
         "scikit-image>=0.22,<1",
         "matplotlib>=3.6",
         "tqdm>=4.60",
+        "tabulate>=0.8",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
 )

@@ -123,7 +123,6 @@ def bench_trainer(args, out):
 
 def bench_pseudo_labels(args, trainer):
     """Item 2: TTA + WBF labelling vs T x one plain batched forward pass."""
-    from sissi_d2.algorithms.wbf import fuse_views
     from sissi_d2.data.image_io import read_bgr8
     from sissi_d2.engine.inference import IDENTITY_VIEW, RecordPredictor, inference_mode
 
@@ -141,12 +140,12 @@ def bench_pseudo_labels(args, trainer):
                 net(inputs[i : i + predictor.batch_size])
             floor.append(time.perf_counter() - t0)
         total, fuse = [], []
-        for _ in range(args.repeats):
+        for _ in range(args.repeats):  # the trainer's path: RecordPredictor.pseudo_labels
             t0 = time.perf_counter()
-            per_image = [predictor.predict_views(net, img) for img in images]
+            per_image = list(predictor.predict_images(net, enumerate(images)))
             t1 = time.perf_counter()
-            for img, views in zip(images, per_image):
-                fuse_views([b for b, _ in views], [s for _, s in views], img.shape[0], img.shape[1], **predictor.fusion)
+            for _, height, width, views in per_image:
+                predictor.fuse(views, height, width)
             t2 = time.perf_counter()
             total.append(t2 - t0)
             fuse.append(t2 - t1)

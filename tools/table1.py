@@ -21,6 +21,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Passive OpenMP waiting: spinning threads cost CPU time on a machine shared with loader workers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sissi_d2  # noqa: E402,F401
 

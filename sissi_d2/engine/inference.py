@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -95,27 +96,60 @@ class RecordPredictor:
                                   inst.scores.numpy().astype(np.float32))
         return results
 
+    def predict_images(self, model, tagged_images: Iterable, views=None) -> Iterator:
+        """(tag, image) pairs -> (tag, height, width, [(boxes in the original frame, scores) per
+        view]) in input order.
+
+        Images are taken ``batch_size`` at a time and all their views are run together, so the
+        same view of several equally sized images (every Usiigaci image, every synthetic image)
+        shares a forward pass: full batches for any number of views. Inputs of different sizes
+        never share one (see ``_run_batched``), so the boxes do not depend on the batch size."""
+        views = self.views if views is None else list(views)
+        group: list = []
+
+        def flush():
+            items = [((i, view), inp) for i, (_, image) in enumerate(group)
+                     for view, inp in zip(views, self._view_inputs(image, views))]
+            per_image = [[] for _ in group]
+            for (i, view), boxes, scores in self._run_batched(model, items):
+                height, width = group[i][1].shape[:2]
+                per_image[i].append((undo_view(boxes, view, height, width), scores))
+            done = [(tag, image.shape[0], image.shape[1], outs) for (tag, image), outs in zip(group, per_image)]
+            group.clear()
+            return done
+
+        for tag, image in tagged_images:
+            group.append((tag, image))
+            if len(group) >= self.batch_size:
+                yield from flush()
+        if group:
+            yield from flush()
+
+    def fuse(self, per_view, height: int, width: int):
+        """WBF of one image's per-view (boxes, scores) with the pseudo-label settings."""
+        return fuse_views([b for b, _ in per_view], [s for _, s in per_view], height, width, **self.fusion)
+
     def predict_views(self, model, image: np.ndarray, views=None):
         """Per view: (boxes in the original frame, scores)."""
-        views = self.views if views is None else views
-        height, width = image.shape[:2]
-        outs = self._run_batched(model, zip(views, self._view_inputs(image, views)))
-        return [(undo_view(boxes, view, height, width), scores) for view, boxes, scores in outs]
+        return next(self.predict_images(model, [(None, image)], views))[3]
 
     def fused_boxes(self, model, image: np.ndarray):
         height, width = image.shape[:2]
-        per_view = self.predict_views(model, image)
-        return fuse_views([b for b, _ in per_view], [s for _, s in per_view], height, width, **self.fusion)
+        return self.fuse(self.predict_views(model, image), height, width)
 
-    def _sharded(self, model, records, fn, desc):
+    def _sharded(self, model, records, views, combine, desc):
+        """combine(per-view outputs, height, width) -> (boxes, scores) for each record, computed
+        on this rank's shard of the records and gathered on every rank."""
         rank, world = comm.get_rank(), comm.get_world_size()
         mine = records[rank::world]
         local = {}
         with inference_mode(model) as net:
-            for record in progress(mine, desc=desc, disable=not comm.is_main_process()):
-                boxes, scores = fn(net, read_bgr8(record["file_name"]))
-                local[image_key(record)] = (np.asarray(boxes, np.float32).reshape(-1, 4).tolist(),
-                                            np.asarray(scores, np.float32).reshape(-1).tolist())
+            tagged = ((image_key(r), read_bgr8(r["file_name"]))
+                      for r in progress(mine, desc=desc, disable=not comm.is_main_process()))
+            for key, height, width, per_view in self.predict_images(net, tagged, views):
+                boxes, scores = combine(per_view, height, width)
+                local[key] = (np.asarray(boxes, np.float32).reshape(-1, 4).tolist(),
+                              np.asarray(scores, np.float32).reshape(-1).tolist())
         merged = {}
         for part in (comm.all_gather(local) if world > 1 else [local]):
             merged.update(part)
@@ -123,9 +157,9 @@ class RecordPredictor:
 
     def plain_predictions(self, model, records, desc="inference"):
         """file basename -> (boxes, scores) of plain single-view inference, on every rank."""
-        return self._sharded(model, records, lambda net, img: self.predict_views(net, img, [IDENTITY_VIEW])[0], desc)
+        return self._sharded(model, records, [IDENTITY_VIEW], lambda per_view, h, w: per_view[0], desc)
 
     def pseudo_labels(self, model, records, desc="pseudo-labels"):
         """file basename -> fused (boxes, scores) of all TTA views, on every rank."""
-        return self._sharded(model, records, self.fused_boxes, desc)
+        return self._sharded(model, records, self.views, self.fuse, desc)
 

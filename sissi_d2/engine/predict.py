@@ -148,11 +148,11 @@ def predict_files(cfg, model, paths: Sequence[str], batch_size: int = 4, tta: bo
                   skip_bad: bool = False, show_progress: bool = True):
     """Run the detector on image files.
 
-    Plain inference batches up to ``batch_size`` images of equal input size per forward pass
-    (single view, the test resize of ``cfg``), so batching does not change the boxes. With
-    ``tta`` every image goes through the TTA + WBF pseudo-label code path
-    (``RecordPredictor.fused_boxes``: the views of ``SISSI.PSEUDO``, fused and thresholded as
-    the pseudo-labels are), ``batch_size`` views per forward pass.
+    Plain inference uses the test resize of ``cfg``; with ``tta`` every image goes through the
+    pseudo-label code path (the views of ``SISSI.PSEUDO``, fused and thresholded as the
+    pseudo-labels are). Both batch ``batch_size`` images at a time through
+    ``RecordPredictor.predict_images``, equal input sizes only, so batching does not change the
+    boxes.
 
     An unreadable image raises ImageReadError naming the file, or with ``skip_bad`` is logged
     and left out. Returns ``(predictions in input order, [(file, error message), ...] skipped)``.
@@ -173,31 +173,11 @@ def predict_files(cfg, model, paths: Sequence[str], batch_size: int = 4, tta: bo
             yield path, image
 
     results = []
+    views = None if tta else [IDENTITY_VIEW]
     with inference_mode(model) as net:
-        if tta:
-            for path, image in images():
-                boxes, scores = predictor.fused_boxes(net, image)
-                results.append(Prediction(path, image.shape[0], image.shape[1], *_sorted(boxes, scores)))
-        else:
-            batch = []
-
-            def flush():
-                outputs = net([inp for _, inp in batch])
-                for (path, h, w), out in zip((tag for tag, _ in batch), outputs):
-                    inst = out["instances"].to("cpu")
-                    boxes, scores = _sorted(inst.pred_boxes.tensor.numpy(), inst.scores.numpy())
-                    results.append(Prediction(path, h, w, boxes, scores))
-                batch.clear()
-
-            for path, image in images():
-                inp = next(iter(predictor._view_inputs(image, [IDENTITY_VIEW])))
-                # only equally sized inputs share a batch: padding to a common size would change
-                # the GroupNorm statistics, and so the boxes, of the smaller images
-                if batch and (len(batch) >= predictor.batch_size or batch[0][1]["image"].shape != inp["image"].shape):
-                    flush()
-                batch.append(((path, image.shape[0], image.shape[1]), inp))
-            if batch:
-                flush()
+        for path, height, width, per_view in predictor.predict_images(net, images(), views):
+            boxes, scores = predictor.fuse(per_view, height, width) if tta else per_view[0]
+            results.append(Prediction(path, height, width, *_sorted(boxes, scores)))
     return results, skipped
 
 

@@ -89,24 +89,3 @@ def test_source_val_rule_restores_best_weights(tiny_datasets, tmp_path):
     else:
         assert fired - val.best_epoch >= 1 and (tmp_path / "sissi" / "pseudo_labels" / f"epoch_{fired:04d}.json").exists()
     assert (tmp_path / "sissi" / "memorisation.json").exists()  # ADELE.TRACK with another rule
-
-
-def test_tta_views_do_not_depend_on_batch_size(tiny_datasets, tmp_path):
-    """GroupNorm sees padding: views of other sizes must not share a forward pass."""
-    import numpy as np
-    from detectron2.data import DatasetCatalog
-
-    from sissi_d2.data.image_io import read_bgr8
-    from sissi_d2.engine.inference import RecordPredictor, inference_mode
-    from sissi_d2.engine.trainer import SISSITrainer
-
-    cfg = tiny_config(tmp_path)
-    model = SISSITrainer.build_model(cfg)
-    image = read_bgr8(DatasetCatalog.get("tiny_target")[0]["file_name"])
-    with inference_mode(model) as net:
-        one = RecordPredictor(cfg, batch_size=1).predict_views(net, image)
-        many = RecordPredictor(cfg, batch_size=8).predict_views(net, image)
-    assert len(one) == len(many) == 4
-    for (b1, s1), (b2, s2) in zip(one, many):
-        np.testing.assert_allclose(b1, b2, atol=1e-3)
-        np.testing.assert_allclose(s1, s2, atol=1e-5)

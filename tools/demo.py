@@ -263,15 +263,9 @@ def make_weak_json(image_dir: str, out_json: str, settings: dict, desc: str) -> 
 
 
 def load_weak_json(path: str) -> dict:
-    data = _read_json(path)
-    by_id = {im["id"]: _key(im["file_name"]) for im in data["images"]}
-    out = {k: ([], []) for k in by_id.values()}
-    for a in data.get("annotations", []):
-        x, y, w, h = a["bbox"]
-        k = by_id[a["image_id"]]
-        out[k][0].append([x, y, x + w, y + h])
-        out[k][1].append(float(a.get("score", 1.0)))
-    return {k: (np.asarray(b, np.float32).reshape(-1, 4), np.asarray(s, np.float32)) for k, (b, s) in out.items()}
+    from sissi_d2.evaluation.label_quality import read_label_json
+
+    return read_label_json(path)
 
 
 def prepare_weak_labels(root: str, output: str, manifest: dict, clock: Clock) -> dict:
@@ -475,6 +469,7 @@ def make_figures(output: str, root: str, info: dict, weak: dict, evals: dict, te
     from sissi_d2.algorithms.cloning import make_synthetic_like
     from sissi_d2.config import BLUR_PRESETS
     from sissi_d2.data.image_io import read_bgr8
+    from sissi_d2.evaluation.label_quality import snapshot_paths
     from sissi_d2.utils.visualize import draw_boxes, plot_memorisation_curve, save_png, side_by_side
 
     fig_dir = os.path.join(output, "figures")
@@ -491,10 +486,10 @@ def make_figures(output: str, root: str, info: dict, weak: dict, evals: dict, te
 
     # one target training image: weak labels -> pseudo-labels per correction epoch (Fig. 8)
     train_gt = gt_boxes("synth_target_train_oracle")
-    snaps = sorted(glob.glob(os.path.join(adele, "sissi", "pseudo_labels", "epoch_*.json")))
+    snaps = snapshot_paths(adele)
     if len(snaps) > 6:  # at most 6 epochs in the figure: the first, the last, evenly in between
         snaps = [snaps[i] for i in sorted(set(np.linspace(0, len(snaps) - 1, 6).round().astype(int)))]
-    snap_boxes = [(int(os.path.basename(p)[6:10]), {k: b for k, (b, _) in load_weak_json(p).items()}) for p in snaps]
+    snap_boxes = [(epoch, {k: b for k, (b, _) in load_weak_json(p).items()}) for epoch, p in snaps]
     files = {_key(p): p for p in _image_files(os.path.join(root, "target", "train"))}
     key = max(sorted(files), key=lambda k: (len(train_gt.get(k, [])), -sorted(files).index(k)))
     image = read_bgr8(files[key])
@@ -553,14 +548,12 @@ def label_quality(weak: dict, info: dict, max_dets: int) -> list:
     """Box metrics of the training labels against the oracle masks: the weak labels, then the
     A+SISSI(S) pseudo-labels of every correction epoch (what each epoch trained on)."""
     from sissi_d2.evaluation.box_metrics import coco_box_metrics
+    from sissi_d2.evaluation.label_quality import pseudo_label_quality
 
     gt = gt_boxes("synth_target_train_oracle")
     out = [{"labels": "weak labels", "metrics": coco_box_metrics(gt, weak["train"], max_dets=max_dets)}]
-    snaps = sorted(glob.glob(os.path.join(info["dirs"]["adele_sissi_s"], "sissi", "pseudo_labels", "epoch_*.json")))
-    for path in snaps:
-        epoch = int(os.path.basename(path)[6:10])
-        out.append({"labels": f"pseudo-labels, epoch {epoch}",
-                    "metrics": coco_box_metrics(gt, load_weak_json(path), max_dets=max_dets)})
+    for q in pseudo_label_quality(gt, info["dirs"]["adele_sissi_s"], max_dets=max_dets):
+        out.append({"labels": f"pseudo-labels, epoch {q.pop('epoch')}", "metrics": q})
     return out
 
 

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 # Passive OpenMP waiting: spinning threads cost CPU time on a machine shared with loader workers.
@@ -101,7 +102,9 @@ def main():
     for name, fname in wanted:
         rows[name] = build_config(os.path.join(args.configs, fname), [
             "SISSI.ADELE.TRACK", "True", "OUTPUT_DIR", os.path.join(out, fname[:-5])] + list(args.opts))
+    t0 = time.time()
     summary = run_rows(rows, trunk="Weak-only")
+    train_s = time.time() - t0
 
     table = {"Weak labels": weak_labels_as_detections(args, out)}
     for name, _ in wanted:
@@ -109,18 +112,107 @@ def main():
         table[name] = {k: entry["metrics"].get("usiigaci_test", {}).get(k) for k in METRICS}
         table[name]["branched_from_epoch"] = entry["branched_from_epoch"]
         table[name]["same_as"] = entry["same_as"]
-    atomic_write_json(os.path.join(out, "results.json"), {"rows": table, "configs": args.configs, "opts": args.opts})
-    lines = ["| row | AP50 | AP75 | AP | AR | note |", "|---|---|---|---|---|---|"]
-    for name, m in table.items():
-        note = (f"= {m['same_as']} (rule never fired)" if m.get("same_as") else
-                f"branched at epoch {m['branched_from_epoch']}" if m.get("branched_from_epoch") else "")
-        vals = " | ".join("-" if m[k] is None else f"{m[k]:.1f}" for k in METRICS)
-        lines.append(f"| {name} | {vals} | {note} |")
-    text = "\n".join(lines)
+    quality = label_quality(weak_labels_json(args), summary)
+    figures = make_figures(out, summary, quality)
+    atomic_write_json(os.path.join(out, "results.json"), {
+        "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
+        "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s})
+    text = results_markdown(table, quality, figures, out)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
     print(text)
     print(json.dumps({"output": out}))
+
+
+def label_quality(weak_json: str, summary: dict) -> dict:
+    """The labels each row trained on, against the oracle masks of the target training images
+    (scoring only; training never reads them): the weak labels, then every correction row's
+    pseudo-label snapshot per epoch. This is what tells whether correction could help."""
+    from detectron2.data import DatasetCatalog
+
+    from sissi_d2.evaluation.box_metrics import coco_box_metrics
+    from sissi_d2.evaluation.evaluator import records_ground_truth
+    from sissi_d2.evaluation.label_quality import pseudo_label_quality, read_label_json
+
+    gt = records_ground_truth(DatasetCatalog.get("usiigaci_train_oracle"))
+    weak = coco_box_metrics(gt, read_label_json(weak_json), max_dets=400)
+    rows = {name: pseudo_label_quality(gt, entry["output_dir"], max_dets=400)
+            for name, entry in summary.items() if entry["branched_from_epoch"] and not entry["same_as"]}
+    return {"weak_labels": {k: weak[k] for k in METRICS},
+            "pseudo_labels": {name: [{k: q[k] for k in ("epoch",) + METRICS} for q in qs] for name, qs in rows.items()}}
+
+
+def make_figures(out: str, summary: dict, quality: dict) -> dict:
+    """The trunk's memorisation curve (paper Fig. 7), the pseudo-label quality per epoch of every
+    correction row, and test predictions of a few rows over the truth."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+
+    from sissi_d2.data.image_io import read_bgr8
+    from sissi_d2.evaluation.evaluator import records_ground_truth
+    from sissi_d2.utils.visualize import draw_boxes, plot_label_quality, plot_memorisation_curve, save_png, side_by_side
+
+    fig_dir = os.path.join(out, "figures")
+    figs = {}
+    mem = os.path.join(summary["Weak-only"]["output_dir"], "sissi", "memorisation.json")
+    if os.path.isfile(mem):
+        figs["memorisation"] = plot_memorisation_curve(
+            mem, os.path.join(fig_dir, "memorisation_curve.png"),
+            title="Weak-only trunk: AP50 vs the weak labels, ADELE fit")
+    series = {name: [(q["epoch"], q["AP50"]) for q in qs] for name, qs in quality["pseudo_labels"].items()}
+    if series:
+        figs["label_quality"] = plot_label_quality(
+            series, os.path.join(fig_dir, "pseudo_label_quality.png"), reference=quality["weak_labels"]["AP50"],
+            title="Usiigaci train: pseudo-labels vs oracle masks")
+    # the test image with the most cells: truth (green) and each row's top-k boxes (red), k = number of true cells
+    records = DatasetCatalog.get("usiigaci_test")
+    gt = records_ground_truth(records)
+    record = max(records, key=lambda r: len(gt[os.path.basename(r["file_name"])]))
+    key = os.path.basename(record["file_name"])
+    image = read_bgr8(record["file_name"])
+    truth = draw_boxes(image, gt[key], "green", thickness=2)
+    panels, titles = [truth], [f"truth ({len(gt[key])} cells)"]
+    for name in ("Weak-only", "Baseline", "A+SISSI(S)", "Oracle"):
+        entry = summary.get(name)
+        if entry is None:
+            continue
+        src = summary[entry["same_as"]]["output_dir"] if entry["same_as"] else entry["output_dir"]
+        path = os.path.join(src, "inference", "usiigaci_test", "predictions.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            pred = {p["file"]: p for p in json.load(f)}.get(key)
+        if pred is None:
+            continue
+        boxes = np.asarray(pred["boxes"], np.float32).reshape(-1, 4)
+        top = np.argsort(-np.asarray(pred["scores"]))[: len(gt[key])]
+        panels.append(draw_boxes(truth, boxes[top], "red", thickness=2))
+        titles.append(f"{name}: top {len(top)}")
+    figs["test_predictions"] = save_png(os.path.join(fig_dir, "test_predictions.png"),
+                                        side_by_side(panels, titles, ncols=min(3, len(panels))))
+    return {k: os.path.relpath(v, out) for k, v in figs.items()}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or v != v else f"{v:.1f}"
+
+
+def results_markdown(table: dict, quality: dict, figures: dict, out: str) -> str:
+    lines = ["| row | AP50 | AP75 | AP | AR | note |", "|---|---|---|---|---|---|"]
+    for name, m in table.items():
+        note = (f"= {m['same_as']} (rule never fired)" if m.get("same_as") else
+                f"branched at epoch {m['branched_from_epoch']}" if m.get("branched_from_epoch") else "")
+        lines.append(f"| {name} | {' | '.join(_fmt(m[k]) for k in METRICS)} | {note} |")
+    lines += ["", "Labels trained on, against the oracle masks of the 25 target training images (AP50):", "",
+              "| labels | first epoch | best | last epoch |", "|---|---|---|---|",
+              f"| weak labels | {_fmt(quality['weak_labels']['AP50'])} | | |"]
+    for name, qs in quality["pseudo_labels"].items():
+        if qs:
+            best = max(qs, key=lambda q: q["AP50"])
+            lines.append(f"| {name} pseudo-labels | {_fmt(qs[0]['AP50'])} (ep {qs[0]['epoch']}) | "
+                         f"{_fmt(best['AP50'])} (ep {best['epoch']}) | {_fmt(qs[-1]['AP50'])} (ep {qs[-1]['epoch']}) |")
+    lines += [""] + [f"![{k}]({v})" for k, v in figures.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

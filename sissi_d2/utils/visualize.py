@@ -20,7 +20,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["COLORS", "to_bgr", "draw_boxes", "side_by_side", "plot_memorisation_curve", "save_png"]
+__all__ = ["COLORS", "to_bgr", "draw_boxes", "side_by_side", "plot_memorisation_curve", "plot_label_quality",
+           "save_png"]
 
 #: BGR colours by name (OpenCV order).
 COLORS = {
@@ -219,6 +220,39 @@ def plot_memorisation_curve(memorisation_json, out_png: str, title: str | None =
     ax.grid(alpha=0.3)
     ax.set_title(title or "Early learning -> memorisation (ADELE rule)")
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def plot_label_quality(series: dict, out_png: str, reference: float | None = None,
+                       reference_label: str = "weak labels", metric: str = "AP50", title: str | None = None) -> str:
+    """Quality of the training labels per correction epoch, one line per run.
+
+    ``series``: run name -> [(epoch, value in percent)], e.g. the AP50 of each pseudo-label
+    snapshot against the true boxes (``evaluation.label_quality.pseudo_label_quality``);
+    ``reference``: the value of the labels they replaced (a horizontal line). Returns ``out_png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
+    for name, points in series.items():
+        if points:
+            epochs, values = zip(*points)
+            ax.plot(epochs, values, "o-", ms=3, label=name)
+    if reference is not None:
+        ax.axhline(reference, color="black", ls="--", lw=1, label=f"{reference_label} ({reference:.1f})")
+    ax.set_xlabel("epoch (labels trained on during that epoch)")
+    ax.set_ylabel(f"{metric} vs true boxes (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "Training labels against the truth")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png)

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sissi_d2.utils.visualize import COLORS, draw_boxes, plot_memorisation_curve, save_png, side_by_side, to_bgr
+from sissi_d2.utils.visualize import (COLORS, draw_boxes, plot_label_quality, plot_memorisation_curve, save_png,
+                                     side_by_side, to_bgr)
 
 # The first values of the method.md regression fixture (AP50 vs weak labels per epoch).
 FIXTURE = [0.0591, 0.1666, 0.2074, 0.1634, 0.1848, 0.1980, 0.2287, 0.2323, 0.2290, 0.2263]
@@ -116,3 +117,12 @@ def test_plot_memorisation_curve_without_a_fit(tmp_path):
     assert all(p is None for p in report["fit_params"]) and report["fired_epoch"] is None
     assert cv2.imread(plot_memorisation_curve(report, str(tmp_path / "m.png"))) is not None
     assert cv2.imread(plot_memorisation_curve({"ap50": [], "epochs": []}, str(tmp_path / "e.png"))) is not None
+
+
+def test_plot_label_quality_draws_runs_and_reference(tmp_path):
+    series = {"A+SISSI(S)": [(12, 40.0), (13, 45.5)], "Baseline": [(7, 10.0)], "empty": []}
+    out = plot_label_quality(series, str(tmp_path / "q" / "quality.png"), reference=52.4)
+    image = cv2.imread(out)
+    assert image is not None and image.shape[0] > 100
+    bare = cv2.imread(plot_label_quality(series, str(tmp_path / "bare.png")))
+    assert bare.shape == image.shape and not np.array_equal(bare, image)  # the reference line is drawn

@@ -19,7 +19,7 @@ import torch
 
 from ..utils.atomic import atomic_open, atomic_write_json
 
-__all__ = ["run_rows", "branch_epoch", "same_past"]
+__all__ = ["run_rows", "branch_epoch", "same_past", "check_row_settings"]
 
 logger = logging.getLogger(__name__)
 _ROW_KEYS = ("SISSI.START_RULE", "SISSI.CLONING", "OUTPUT_DIR")
@@ -90,9 +90,50 @@ def _branch(trunk_dir: str, row_dir: str, start_epoch: int, best_epoch, ipe: int
         f.write(os.path.basename(src))
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _settings(cfg) -> dict:
+    """The row's config as plain JSON values (OUTPUT_DIR left out: folders may move)."""
+    d = json.loads(json.dumps(cfg, default=lambda o: dict(o) if isinstance(o, dict) else list(o)))
+    d.pop("OUTPUT_DIR", None)
+    return _flat(d)
+
+
+def check_row_settings(cfg) -> None:
+    """A row's folder is reused (resume) only by the settings it was trained with.
+
+    The first run records them in ``OUTPUT_DIR/sissi/row_settings.json``; a later run with other
+    settings (another learning rate, other epochs, another data set...) would otherwise silently
+    continue or reuse the old weights. It stops with the keys that differ instead."""
+    path = os.path.join(cfg.OUTPUT_DIR, "sissi", "row_settings.json")
+    current = _settings(cfg)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        diff = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
+            raise ValueError(
+                f"{cfg.OUTPUT_DIR} holds a run trained with other settings ({shown}"
+                f"{'; ...' if len(diff) > 6 else ''}). Use another output folder, or delete this one to train again.")
+        return
+    if os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        logger.warning("%s holds a run with no record of its settings: assuming they are the current ones", cfg.OUTPUT_DIR)
+    atomic_write_json(path, current)
+
+
 def _train(cfg, resume: bool):
     from .trainer import SISSITrainer
 
+    check_row_settings(cfg)
     trainer = SISSITrainer(cfg)
     trainer.resume_or_load(resume=resume)
     if trainer.start_iter < trainer.max_iter:
@@ -147,6 +188,7 @@ def run_rows(rows: dict, trunk: str) -> dict:
             entry["metrics"] = _evaluate(_train(cfg, resume=True))
             summary[name] = entry
             continue
+        check_row_settings(cfg)  # before the branch checkpoint lands in its folder
         if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
             _branch(trunk_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, start, best, ipe)
         logger.info("Row %r: branched from the trunk at the start of epoch %d", name, start)

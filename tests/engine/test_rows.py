@@ -27,3 +27,35 @@ def test_branched_row_equals_row_trained_alone(tiny_datasets, tmp_path):
     branched = torch.load(tmp_path / "epoch2" / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     for k, v in alone.model.state_dict().items():
         assert torch.equal(v, branched[k]), k
+
+
+def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
+    import json
+
+    import pytest
+
+    from sissi_d2.engine.rows import check_row_settings
+
+    cfg = _row_cfg(tmp_path / "row", "never")
+    check_row_settings(cfg)
+    check_row_settings(_row_cfg(tmp_path / "row", "never"))  # same settings: reused silently
+    moved = _row_cfg(tmp_path / "row", "never")
+    moved.defrost()
+    moved.OUTPUT_DIR = str(tmp_path / "row")  # OUTPUT_DIR itself is not a setting
+    check_row_settings(moved)
+    other = tiny_config(tmp_path / "row", "SISSI.START_RULE", "never", "SISSI.CLONING.MODE", "never",
+                        "SISSI.ADELE.TRACK", "True", "SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)", "SEED", "5",
+                        "SOLVER.BASE_LR", "0.5")
+    with pytest.raises(ValueError, match=r"SOLVER\.BASE_LR.*Use another output folder"):
+        check_row_settings(other)
+    recorded = json.loads((tmp_path / "row" / "sissi" / "row_settings.json").read_text())
+    assert recorded["SISSI.START_RULE"] == "never" and "OUTPUT_DIR" not in recorded
+
+    # a folder trained before settings were recorded: warned about, then recorded
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "last_checkpoint").write_text("model_0000001.pth")
+    with caplog.at_level("WARNING"):
+        check_row_settings(_row_cfg(legacy, "never"))
+    assert "no record of its settings" in caplog.text
+    assert (legacy / "sissi" / "row_settings.json").exists()

@@ -222,7 +222,8 @@ def main(argv=None) -> int:
         from sissi_d2.weak_labels.quality import score_against_masks
 
         weak = {image_stem(p): (r[2], r[3]) for p, r in results}
-        m = score_against_masks(weak, args.oracle_dir, max_dets=args.max_dets)
+        m = score_against_masks(weak, args.oracle_dir, max_dets=args.max_dets,
+                                image_paths={image_stem(p): p for p, _ in results})
         print(f"oracle ({args.oracle_dir}): AP50 {m['AP50']:.1f}  AP75 {m['AP75']:.1f}  AP {m['AP']:.1f}  "
               f"AR {m['AR']:.1f}  (maxDets {args.max_dets}; {m['num_images']} images, {m['num_gt']} true "
               f"boxes, {m['num_pred']} weak boxes)")

@@ -22,9 +22,11 @@ MASK_SUFFIXES = ("_masks", "_mask", "_labels", "_label", "")
 _EXTS = (".png", ".tif", ".tiff")
 
 
-def find_mask_file(mask_dir: str, stem: str) -> str | None:
+def find_mask_file(mask_dir: str, stem: str, image_path: str | None = None) -> str | None:
     """``<stem>_masks.png`` (Cellpose layout) or similar; an image stem ``x_img`` also matches
-    ``x_masks``. None when absent."""
+    ``x_masks``; a mask named exactly like its image (``masks/x.png`` for ``images/x.png``) too.
+    ``image_path``: the image itself, never taken for its mask (masks beside their images).
+    None when absent."""
     stems = [stem]
     if stem.endswith("_img"):
         stems.append(stem[: -len("_img")])
@@ -32,7 +34,8 @@ def find_mask_file(mask_dir: str, stem: str) -> str | None:
         for suffix in MASK_SUFFIXES:
             for ext in _EXTS:
                 path = os.path.join(mask_dir, st + suffix + ext)
-                if os.path.isfile(path):
+                if os.path.isfile(path) and not (image_path and os.path.isfile(image_path)
+                                                 and os.path.samefile(path, image_path)):
                     return path
     return None
 
@@ -44,6 +47,7 @@ def score_against_masks(
     min_area: int = DEFAULT_MIN_AREA,
     speck_fraction: float = DEFAULT_SPECK_FRACTION,
     require_all: bool = False,
+    image_paths: Mapping[str, str] | None = None,
 ) -> dict:
     """COCO box metrics of weak labels against the instance masks in ``mask_dir``.
 
@@ -52,6 +56,8 @@ def score_against_masks(
             (``set1_img`` is matched with ``set1_masks.png``).
         mask_dir: folder of 16-bit (or 8-bit) instance label images.
         require_all: raise if an image has no mask; otherwise such images are skipped and listed.
+        image_paths: stem -> image file, so that an image beside its masks is never read as its
+            own mask (``x.png`` with suffix-less mask names).
 
     Returns {"AP50", "AP75", "AP", "AR" (percent), "num_gt", "num_pred", "num_images",
     "missing_masks": [stems], "per_image": {stem: {"num_gt", "num_pred"}}}.
@@ -60,7 +66,7 @@ def score_against_masks(
         raise FileNotFoundError(f"Oracle mask folder not found: {mask_dir}")
     gt, pred, missing, per_image = {}, {}, [], {}
     for stem in sorted(weak):
-        path = find_mask_file(mask_dir, stem)
+        path = find_mask_file(mask_dir, stem, (image_paths or {}).get(stem))
         if path is None:
             missing.append(stem)
             continue

@@ -274,6 +274,24 @@ def test_score_against_masks(tmp_path):
     assert find_mask_file(str(tmp_path), "a_img").endswith("a_masks.png")
 
 
+def test_an_image_beside_its_masks_is_not_its_own_mask(tmp_path):
+    """Images and suffix-less masks in one folder: 'd.png' must not be read as the mask of 'd'."""
+    image = np.full((60, 60), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "d.png"), image)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    labels = np.zeros((60, 60), np.uint16)
+    labels[10:30, 10:30] = 1
+    cv2.imwrite(str(masks / "d.png"), labels)
+    assert find_mask_file(str(tmp_path), "d", image_path=str(tmp_path / "d.png")) is None
+    assert find_mask_file(str(masks), "d", image_path=str(tmp_path / "d.png")) == str(masks / "d.png")
+    box = (np.array([[10, 10, 30, 30]], np.float32), np.ones(1))
+    with pytest.raises(FileNotFoundError, match="None of"):
+        score_against_masks({"d": box}, str(tmp_path), image_paths={"d": str(tmp_path / "d.png")})
+    m = score_against_masks({"d": box}, str(masks), image_paths={"d": str(tmp_path / "d.png")})
+    assert m["AP50"] == pytest.approx(100.0) and m["num_gt"] == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # real data (skipped where the shared data are absent)
 # ---------------------------------------------------------------------------------------------

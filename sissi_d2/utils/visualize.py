@@ -174,6 +174,32 @@ def _last_fit(report: dict):
     return None, None, 0
 
 
+def _new_axes():
+    """A headless matplotlib figure of the size every curve here uses."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.0, 3.8), dpi=110)
+
+
+def _finish_plot(fig, ax, out_png: str, xlabel: str, ylabel: str, title: str, legend_loc: str, legend_size: int) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size, loc=legend_loc)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
 def plot_memorisation_curve(memorisation_json, out_png: str, title: str | None = None) -> str:
     """Plot AP50 vs the weak labels per epoch with the fitted ADELE curve (paper Fig. 7).
 
@@ -184,11 +210,6 @@ def plot_memorisation_curve(memorisation_json, out_png: str, title: str | None =
     memorisation was detected; label correction starts one epoch later) is a vertical line.
     Returns ``out_png``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from ..algorithms.adele import learning_curve
 
     if isinstance(memorisation_json, (str, os.PathLike)):
@@ -200,7 +221,7 @@ def plot_memorisation_curve(memorisation_json, out_png: str, title: str | None =
     epochs = [int(e) for e in report.get("epochs", range(len(ap50)))]
     fired = report.get("fired_epoch")
 
-    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
+    fig, ax = _new_axes()
     ax.plot(epochs, [100 * v for v in ap50], "o", color="tab:blue", label="AP50 vs initial weak labels")
     fit_epoch, params, n = _last_fit(report)
     if params is not None and n >= 2:
@@ -214,17 +235,8 @@ def plot_memorisation_curve(memorisation_json, out_png: str, title: str | None =
                 label=f"ADELE fit at epoch {fit_epoch}: a={a:.2f} b={b:.2f} c={c:.2f}")
     if fired is not None:
         ax.axvline(fired, color="tab:red", ls="--", label=f"memorisation detected (epoch {fired})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("AP50 (%)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "Early learning -> memorisation (ADELE rule)")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _finish_plot(fig, ax, out_png, "epoch", "AP50 (%)", title or "Early learning -> memorisation (ADELE rule)",
+                        "lower right", 8)
 
 
 def plot_label_quality(series: dict, out_png: str, reference: float | None = None,
@@ -235,26 +247,12 @@ def plot_label_quality(series: dict, out_png: str, reference: float | None = Non
     snapshot against the true boxes (``evaluation.label_quality.pseudo_label_quality``);
     ``reference``: the value of the labels they replaced (a horizontal line). Returns ``out_png``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=110)
+    fig, ax = _new_axes()
     for name, points in series.items():
         if points:
             epochs, values = zip(*points)
             ax.plot(epochs, values, "o-", ms=3, label=name)
     if reference is not None:
         ax.axhline(reference, color="black", ls="--", lw=1, label=f"{reference_label} ({reference:.1f})")
-    ax.set_xlabel("epoch (labels trained on during that epoch)")
-    ax.set_ylabel(f"{metric} vs true boxes (%)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "Training labels against the truth")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png)
-    plt.close(fig)
-    return out_png
+    return _finish_plot(fig, ax, out_png, "epoch (labels trained on during that epoch)", f"{metric} vs true boxes (%)",
+                        title or "Training labels against the truth", "best", 7)

@@ -183,12 +183,19 @@ def one_correction_epoch(args, n_target, out):
     cfg = _cfg(args, os.path.join(out, f"epoch_{n_target}"), "SISSI.START_RULE", "epoch:0",
                "SISSI.CLONING.MODE", "on_correction", "SISSI.EPOCHS", "1")
     trainer = SISSITrainer(cfg)
+    rss_before = _current_rss_mb()
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # the peak of the whole process, and what the epoch itself added to the resident memory
     print(json.dumps({"n_target": n_target, "epoch_s": wall, "iters": trainer.iters_per_epoch,
-                      "peak_rss_mb": peak_mb}))
+                      "peak_rss_mb": peak_mb, "rss_growth_mb": _current_rss_mb() - rss_before}))
+
+
+def _current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main():
@@ -252,7 +259,8 @@ def main():
     ]
     for s in scaling:
         lines.append(f"| correction epoch, {s['n_target']} target images | {s['epoch_s']:.1f} s, "
-                     f"peak RSS {s['peak_rss_mb']:.0f} MB | linear |")
+                     f"peak RSS {s['peak_rss_mb']:.0f} MB, growth during the epoch "
+                     f"{s.get('rss_growth_mb', float('nan')):+.0f} MB | linear |")
     lines.append(f"| s per target image, largest / smallest set | {results['scaling']['linearity']:.2f} | ~1 |")
     table = "\n".join(lines)
     print(table)

@@ -454,7 +454,7 @@ def row_evaluation(row: str, info: dict) -> dict:
     """{"metrics": AP50/AP75/AP/AR, "predictions": {file: (boxes, scores)}} of a trained row."""
     entry = info["summary"][row]
     metrics = entry.get("metrics") or {}
-    metrics = metrics.get("test") or metrics.get(TEST_SET) or next(iter(metrics.values()), {})
+    metrics = metrics.get(TEST_SET) or next(iter(metrics.values()), {})
     source_row = entry.get("same_as") or row
     path = os.path.join(info["dirs"][source_row], "inference", TEST_SET, "predictions.json")
     preds = {p["file"]: (np.asarray(p["boxes"], np.float32).reshape(-1, 4), np.asarray(p["scores"], np.float32))

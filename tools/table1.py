@@ -77,6 +77,11 @@ def main():
     parser.add_argument("--weak-args", nargs="*", default=[], help="extra arguments for make_weak_labels.py")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every row")
     args = parser.parse_args()
+    known = [f[:-5] for _, f in ROWS]
+    unknown = [r for r in (args.rows or []) if r not in known]
+    if unknown:  # e.g. config overrides typed after --rows, which takes every word that follows it
+        sys.exit(f"unknown row(s) {unknown} in --rows; rows are {known}. --rows takes every word that "
+                 "follows it: end it with another option, e.g. --rows weak_only oracle --output DIR KEY VALUE")
 
     from detectron2.utils.logger import setup_logger
 

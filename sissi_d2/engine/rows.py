@@ -147,7 +147,9 @@ def _evaluate(trainer):
     if not trainer.cfg.DATASETS.TEST:
         return {}
     results = SISSITrainer.test(trainer.cfg, trainer.model)
-    return {ds: res["bbox"] for ds, res in results.items()} if "bbox" not in results else {"test": results["bbox"]}
+    if "bbox" in results:  # Detectron2 unwraps the results of a single test set
+        results = {trainer.cfg.DATASETS.TEST[0]: results}
+    return {ds: res["bbox"] for ds, res in results.items()}
 
 
 def run_rows(rows: dict, trunk: str) -> dict:

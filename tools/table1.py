@@ -117,7 +117,7 @@ def main():
         table[name] = {k: entry["metrics"].get("usiigaci_test", {}).get(k) for k in METRICS}
         table[name]["branched_from_epoch"] = entry["branched_from_epoch"]
         table[name]["same_as"] = entry["same_as"]
-    quality = label_quality(weak_labels_json(args), summary)
+    quality = label_quality(weak_labels_json(args), summary, rows["Weak-only"])
     figures = make_figures(out, summary, quality)
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
@@ -129,22 +129,34 @@ def main():
     print(json.dumps({"output": out}))
 
 
-def label_quality(weak_json: str, summary: dict) -> dict:
+def label_quality(weak_json: str, summary: dict, trunk_cfg) -> dict:
     """The labels each row trained on, against the oracle masks of the target training images
     (scoring only; training never reads them): the weak labels, then every correction row's
-    pseudo-label snapshot per epoch. This is what tells whether correction could help."""
+    pseudo-label snapshot per epoch. This is what tells whether correction could help. Also the
+    pseudo-labels the trunk's final model would make (TTA + WBF, as in training; never trained
+    on): if even those are worse than the weak labels, no correction within these epochs can help."""
     from detectron2.data import DatasetCatalog
 
+    from sissi_d2.engine.inference import RecordPredictor
+    from sissi_d2.engine.predict import build_inference_model
     from sissi_d2.evaluation.box_metrics import coco_box_metrics
     from sissi_d2.evaluation.evaluator import records_ground_truth
     from sissi_d2.evaluation.label_quality import pseudo_label_quality, read_label_json
+
+    def four(m):
+        return {k: m[k] for k in METRICS}
 
     gt = records_ground_truth(DatasetCatalog.get("usiigaci_train_oracle"))
     weak = coco_box_metrics(gt, read_label_json(weak_json), max_dets=400)
     rows = {name: pseudo_label_quality(gt, entry["output_dir"], max_dets=400)
             for name, entry in summary.items() if entry["branched_from_epoch"] and not entry["same_as"]}
-    return {"weak_labels": {k: weak[k] for k in METRICS},
-            "pseudo_labels": {name: [{k: q[k] for k in ("epoch",) + METRICS} for q in qs] for name, qs in rows.items()}}
+    final = os.path.join(trunk_cfg.OUTPUT_DIR, "model_final.pth")
+    model = build_inference_model(trunk_cfg, final)
+    trunk_labels = RecordPredictor(trunk_cfg).pseudo_labels(model, DatasetCatalog.get(trunk_cfg.SISSI.TARGET_DATASETS[0]),
+                                                             desc="pseudo-labels of the trunk's final model")
+    return {"weak_labels": four(weak),
+            "trunk_final_pseudo_labels": four(coco_box_metrics(gt, trunk_labels, max_dets=400)),
+            "pseudo_labels": {name: [{"epoch": q["epoch"], **four(q)} for q in qs] for name, qs in rows.items()}}
 
 
 def make_figures(out: str, summary: dict, quality: dict) -> dict:
@@ -210,7 +222,9 @@ def results_markdown(table: dict, quality: dict, figures: dict, out: str) -> str
         lines.append(f"| {name} | {' | '.join(_fmt(m[k]) for k in METRICS)} | {note} |")
     lines += ["", "Labels trained on, against the oracle masks of the 25 target training images (AP50):", "",
               "| labels | first epoch | best | last epoch |", "|---|---|---|---|",
-              f"| weak labels | {_fmt(quality['weak_labels']['AP50'])} | | |"]
+              f"| weak labels | {_fmt(quality['weak_labels']['AP50'])} | | |",
+              f"| Weak-only trunk, final model, TTA + WBF (not trained on) | | | "
+              f"{_fmt(quality['trunk_final_pseudo_labels']['AP50'])} |"]
     for name, qs in quality["pseudo_labels"].items():
         if qs:
             best = max(qs, key=lambda q: q["AP50"])

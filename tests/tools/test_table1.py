@@ -35,6 +35,7 @@ def test_table1_rows_quality_figures_and_reuse(tmp_path):
     # the weak labels of the test images, scored as detections, are far from nothing
     assert rows["Weak labels"]["AP50"] > 20
     assert 20 < results["label_quality"]["weak_labels"]["AP50"] < 100
+    assert 0 <= results["label_quality"]["trunk_final_pseudo_labels"]["AP50"] <= 100
     for rel in results["figures"].values():
         assert (tmp_path / rel).stat().st_size > 1000
     md = (tmp_path / "results.md").read_text()

@@ -118,7 +118,7 @@ def main():
         table[name]["branched_from_epoch"] = entry["branched_from_epoch"]
         table[name]["same_as"] = entry["same_as"]
     quality = label_quality(weak_labels_json(args), summary, rows["Weak-only"])
-    figures = make_figures(out, summary, quality)
+    figures = make_figures(out, summary, quality, weak_labels_json(args))
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
         "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s})
@@ -159,7 +159,7 @@ def label_quality(weak_json: str, summary: dict, trunk_cfg) -> dict:
             "pseudo_labels": {name: [{"epoch": q["epoch"], **four(q)} for q in qs] for name, qs in rows.items()}}
 
 
-def make_figures(out: str, summary: dict, quality: dict) -> dict:
+def make_figures(out: str, summary: dict, quality: dict, weak_json: str) -> dict:
     """The trunk's memorisation curve (paper Fig. 7), the pseudo-label quality per epoch of every
     correction row, and test predictions of a few rows over the truth."""
     import numpy as np
@@ -167,6 +167,7 @@ def make_figures(out: str, summary: dict, quality: dict) -> dict:
 
     from sissi_d2.data.image_io import read_bgr8
     from sissi_d2.evaluation.evaluator import records_ground_truth
+    from sissi_d2.evaluation.label_quality import read_label_json, snapshot_paths
     from sissi_d2.utils.visualize import draw_boxes, plot_label_quality, plot_memorisation_curve, save_png, side_by_side
 
     fig_dir = os.path.join(out, "figures")
@@ -181,6 +182,26 @@ def make_figures(out: str, summary: dict, quality: dict) -> dict:
         figs["label_quality"] = plot_label_quality(
             series, os.path.join(fig_dir, "pseudo_label_quality.png"), reference=quality["weak_labels"]["AP50"],
             title="Usiigaci train: pseudo-labels vs oracle masks")
+    # one target training image (paper Fig. 8): truth, weak labels and the pseudo-labels of the row
+    # with the longest correction at up to 4 epochs, first and last included
+    corrected = {n: snapshot_paths(summary[n]["output_dir"]) for n in quality["pseudo_labels"]}
+    corrected = {n: snaps for n, snaps in corrected.items() if snaps}
+    if corrected:
+        row = max(corrected, key=lambda n: len(corrected[n]))
+        snaps = corrected[row]
+        snaps = [snaps[i] for i in sorted(set(np.linspace(0, len(snaps) - 1, 4).round().astype(int)))]
+        train = DatasetCatalog.get("usiigaci_train_oracle")
+        train_gt = records_ground_truth(train)
+        key = os.path.basename(train[len(train) // 2]["file_name"])
+        image = read_bgr8(train[len(train) // 2]["file_name"])
+        weak = read_label_json(weak_json)[key][0]
+        panels = [draw_boxes(image, train_gt[key], "green", thickness=2), draw_boxes(image, weak, "yellow", thickness=2)]
+        titles = [f"truth (oracle, {len(train_gt[key])})", f"weak labels ({len(weak)})"]
+        for epoch, path in snaps:
+            boxes = read_label_json(path)[key][0]
+            panels.append(draw_boxes(image, boxes, "red", thickness=2))
+            titles.append(f"{row}, pseudo-labels epoch {epoch} ({len(boxes)})")
+        figs["pseudo_labels"] = save_png(os.path.join(fig_dir, "pseudo_labels.png"), side_by_side(panels, titles, ncols=3))
     # the test image with the most cells: truth (green) and each row's top-k boxes (red), k = number of true cells
     records = DatasetCatalog.get("usiigaci_test")
     gt = records_ground_truth(records)

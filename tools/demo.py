@@ -262,14 +262,9 @@ def make_weak_json(image_dir: str, out_json: str, settings: dict, desc: str) -> 
     return out
 
 
-def load_weak_json(path: str) -> dict:
-    from sissi_d2.evaluation.label_quality import read_label_json
-
-    return read_label_json(path)
-
-
 def prepare_weak_labels(root: str, output: str, manifest: dict, clock: Clock) -> dict:
     from sissi_d2.data.builtin import SYNTH_WEAK_JSON
+    from sissi_d2.evaluation.label_quality import read_label_json
 
     settings = weak_label_settings()
     clock.say(f"Step 2/6: weak labels ({settings['pipeline']} pipeline, cell size {settings['cell_size']}, "
@@ -290,11 +285,11 @@ def prepare_weak_labels(root: str, output: str, manifest: dict, clock: Clock) ->
     test_json = os.path.join(output, "weak_labels", "target_test_weak.json")
     test_meta = _read_json(test_json + ".demo.json")
     if os.path.isfile(test_json) and test_meta is not None and test_meta.get("stamp") == stamp:
-        test_weak = load_weak_json(test_json)
+        test_weak = read_label_json(test_json)
     else:
         test_weak = make_weak_json(os.path.join(root, "target", "test"), test_json, settings, "weak labels, target test")
         _write_json(test_json + ".demo.json", {"stamp": stamp})
-    return {"settings": stamp["settings"], "train_json": train_json, "train": load_weak_json(train_json),
+    return {"settings": stamp["settings"], "train_json": train_json, "train": read_label_json(train_json),
             "test_json": test_json, "test": test_weak, "hash": _file_hash(train_json)}
 
 
@@ -469,7 +464,7 @@ def make_figures(output: str, root: str, info: dict, weak: dict, evals: dict, te
     from sissi_d2.algorithms.cloning import make_synthetic_like
     from sissi_d2.config import BLUR_PRESETS
     from sissi_d2.data.image_io import read_bgr8
-    from sissi_d2.evaluation.label_quality import snapshot_paths
+    from sissi_d2.evaluation.label_quality import read_label_json, snapshot_paths
     from sissi_d2.utils.visualize import draw_boxes, plot_memorisation_curve, save_png, side_by_side
 
     fig_dir = os.path.join(output, "figures")
@@ -489,7 +484,7 @@ def make_figures(output: str, root: str, info: dict, weak: dict, evals: dict, te
     snaps = snapshot_paths(adele)
     if len(snaps) > 6:  # at most 6 epochs in the figure: the first, the last, evenly in between
         snaps = [snaps[i] for i in sorted(set(np.linspace(0, len(snaps) - 1, 6).round().astype(int)))]
-    snap_boxes = [(epoch, {k: b for k, (b, _) in load_weak_json(p).items()}) for epoch, p in snaps]
+    snap_boxes = [(epoch, {k: b for k, (b, _) in read_label_json(p).items()}) for epoch, p in snaps]
     files = {_key(p): p for p in _image_files(os.path.join(root, "target", "train"))}
     key = max(sorted(files), key=lambda k: (len(train_gt.get(k, [])), -sorted(files).index(k)))
     image = read_bgr8(files[key])
@@ -606,7 +601,6 @@ def write_report(output: str, args, manifest: dict, weak: dict, info: dict, tabl
     cells = manifest.get("cells", {})
     size = manifest["params"]["size"]
     rel = {k: os.path.relpath(v, output) for k, v in figs.items()}
-    summary = info["summary"]
     L = ["# SISSI demo on synthetic data\n"]
     L.append(f"Command: `python tools/demo.py {' '.join(sys.argv[1:])}`  ")
     if not info["epochs_trained_now"]:

@@ -52,20 +52,18 @@ def weak_labels_as_detections(args, out_dir) -> dict:
     """The weak-label pipeline run on the TEST images, scored against the test truth."""
     from detectron2.data import DatasetCatalog
 
-    from sissi_d2.data.datasets import load_coco_boxes, shared_data_root
+    from sissi_d2.data.datasets import shared_data_root
     from sissi_d2.evaluation.box_metrics import coco_box_metrics
     from sissi_d2.evaluation.evaluator import records_ground_truth
+    from sissi_d2.evaluation.label_quality import read_label_json
 
     path = os.path.join(out_dir, "weak_labels_test.json")
     if not os.path.isfile(path):
         src = os.path.join(shared_data_root(), "usiigaci_phase", "test")
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_weak_labels.py"), src,
                         "--output", path] + args.weak_args, check=True)
-    weak = {os.path.basename(r["file_name"]): (
-        [a["bbox"] for a in r["annotations"]], [a.get("score", 1.0) for a in r["annotations"]])
-        for r in load_coco_boxes(path)}
     gt = records_ground_truth(DatasetCatalog.get("usiigaci_test"))
-    m = coco_box_metrics(gt, weak, max_dets=400)
+    m = coco_box_metrics(gt, read_label_json(path), max_dets=400)
     return {k: m[k] for k in METRICS}
 
 
@@ -97,7 +95,7 @@ def main():
     setup_logger(os.path.join(out, "log.txt"), name="sissi_d2")
     if not os.path.isdir(os.path.join(shared_data_root(), "usiigaci_phase")):
         sys.exit(f"The real data is not at {shared_data_root()}: set SISSI_SHARED_DATA (see datasets/README.md).")
-    weak_labels_json(args)
+    weak_json = weak_labels_json(args)
     register_shared_datasets()
 
     wanted = [(name, f) for name, f in ROWS if args.rows is None or f[:-5] in args.rows]
@@ -117,8 +115,8 @@ def main():
         table[name] = {k: entry["metrics"].get("usiigaci_test", {}).get(k) for k in METRICS}
         table[name]["branched_from_epoch"] = entry["branched_from_epoch"]
         table[name]["same_as"] = entry["same_as"]
-    quality = label_quality(weak_labels_json(args), summary, rows["Weak-only"])
-    figures = make_figures(out, summary, quality, weak_labels_json(args))
+    quality = label_quality(weak_json, summary, rows["Weak-only"])
+    figures = make_figures(out, summary, quality, weak_json)
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
         "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s})

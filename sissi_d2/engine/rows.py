@@ -22,19 +22,19 @@ from ..utils.atomic import atomic_open, atomic_write_json
 __all__ = ["run_rows", "branch_epoch", "same_past", "check_row_settings"]
 
 logger = logging.getLogger(__name__)
-_ROW_KEYS = ("SISSI.START_RULE", "SISSI.CLONING", "OUTPUT_DIR")
+
+
+def _after_correction_starts(key: str) -> bool:
+    """Config keys that only matter once a row's correction starts (rows differing only in
+    these share their past with the trunk)."""
+    return key in ("SISSI.START_RULE", "SISSI.ADELE.TRACK") or key.startswith("SISSI.CLONING.")
 
 
 def same_past(cfg_a, cfg_b) -> bool:
     """True when two configs differ only in what happens after correction starts."""
 
     def strip(cfg):
-        d = json.loads(json.dumps(cfg, default=lambda o: dict(o)))
-        d.pop("OUTPUT_DIR", None)
-        d["SISSI"].pop("START_RULE", None)
-        d["SISSI"].pop("CLONING", None)
-        d["SISSI"]["ADELE"].pop("TRACK", None)
-        return d
+        return {k: v for k, v in _settings(cfg).items() if not _after_correction_starts(k)}
 
     return strip(cfg_a) == strip(cfg_b)
 

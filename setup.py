@@ -23,6 +23,9 @@ setup(
         "matplotlib>=3.6",
         "tqdm>=4.60",
         "tabulate>=0.8",
+        # Cropping polygon annotations (fvcore CropTransform.apply_polygons, used by Detectron2's
+        # crop augmentations on instance masks) imports shapely.
+        "shapely>=2,<3",
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6.80"]},
 )

@@ -54,7 +54,7 @@ fi
 
 here=$(pwd)
 if ! (cd / && "$VPY" -c "import os, sissi_d2; assert os.path.dirname(os.path.dirname(os.path.abspath(sissi_d2.__file__))) == '$here'" 2>/dev/null) \
-   || ! have sissi-d2 pytest hypothesis; then
+   || ! have sissi-d2 pytest hypothesis shapely; then
   echo "[install] sissi_d2 (editable) and its dependencies"
   # compat mode: a .pth pointing at this folder, so new subpackages need no reinstall
   $PIP install -q --no-build-isolation --config-settings editable_mode=compat -e ".[test]"

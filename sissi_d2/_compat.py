@@ -7,9 +7,14 @@ otherwise, so an official build of detectron2 (with its compiled ``_C``) is left
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.resources
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 import types
 
@@ -220,6 +225,337 @@ def patch_map_dataset() -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------
+# 5. Fixes applied when a module is first imported
+# ---------------------------------------------------------------------------------------------
+def _detectron2_source(relative_path: str) -> str:
+    """Text of a file of the installed detectron2, read without importing it ("" if absent)."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, relative_path)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+    return ""
+
+
+def _module_missing(name: str) -> bool:
+    if name in sys.modules:
+        return sys.modules[name] is None
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return True
+
+
+class _FixingLoader(importlib.abc.Loader):
+    """Loads a module with its usual loader, then (or instead) runs a fix on it."""
+
+    def __init__(self, original, fix):
+        self.original = original
+        self.fix = fix
+
+    def create_module(self, spec):
+        return self.original.create_module(spec) if self.original is not None else None
+
+    def exec_module(self, module):
+        self.fix(module, self.original)
+
+
+class _FixOnImport(importlib.abc.MetaPathFinder):
+    """Fixes one module when it is first imported.
+
+    ``detectron2.model_zoo`` and ``detectron2.export`` import most of ``detectron2.modeling``;
+    fixing them at their own import keeps ``import sissi_d2`` as fast as before for everyone who
+    never uses them.
+    """
+
+    def __init__(self, fullname: str, fix):
+        self.fullname = fullname
+        self.fix = fix
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.fullname:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None:
+            return None
+        spec.loader = _FixingLoader(spec.loader, self.fix)
+        return spec
+
+
+def _fix_on_import(fullname: str, fix) -> None:
+    if fullname in sys.modules:
+        # Imported before sissi_d2 (it had what it needed then): nothing left to fix at import.
+        return
+    if not any(isinstance(f, _FixOnImport) and f.fullname == fullname for f in sys.meta_path):
+        sys.meta_path.insert(0, _FixOnImport(fullname, fix))
+
+
+# 5a. detectron2.model_zoo imports pkg_resources (gone with setuptools >= 81), and the PyPI sdist
+#     installs none of the model-zoo config files, for which v0.6 says only "not available".
+_MODEL_ZOO = "detectron2.model_zoo.model_zoo"
+
+
+def _pkg_resources_substitute() -> types.ModuleType:
+    """The one ``pkg_resources`` function model_zoo uses, on importlib.resources."""
+    module = types.ModuleType("pkg_resources")
+    module.__doc__ = "sissi_d2 substitute, present only while detectron2.model_zoo is imported"
+
+    def resource_filename(package: str, resource: str) -> str:
+        return str(importlib.resources.files(package).joinpath(resource))
+
+    module.resource_filename = resource_filename
+    return module
+
+
+@contextlib.contextmanager
+def _module_present(name: str, module: types.ModuleType):
+    # Only for one import: a pkg_resources visible to everyone would make other libraries believe
+    # that setuptools' real one is there.
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        yield
+    finally:
+        if previous is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = previous
+
+
+def model_zoo_configs_dir() -> str:
+    """Where detectron2 looks for its model-zoo config files (the folder may not exist)."""
+    spec = importlib.util.find_spec("detectron2")
+    return os.path.join(list(spec.submodule_search_locations)[0], "model_zoo", "configs")
+
+
+def _clear_missing_config_error(get_config_file):
+    def get_config_file_or_explain(config_path):
+        try:
+            return get_config_file(config_path)
+        except RuntimeError as e:
+            if os.path.isdir(model_zoo_configs_dir()):
+                raise  # the zoo is installed: this name is just not in it
+            raise RuntimeError(
+                f"Model-zoo config {config_path!r} is not available: this detectron2 was "
+                "installed without the model-zoo config files (the PyPI sdist pb1-detectron2, "
+                "as scripts/install.sh does, has none). Install an official Detectron2 build "
+                "(https://detectron2.readthedocs.io/tutorials/install.html), or pass the path of "
+                "a config file of your own (sissi_d2 ships configs/Base-RCNN-FPN.yaml)."
+            ) from e
+
+    get_config_file_or_explain.__doc__ = get_config_file.__doc__
+    get_config_file_or_explain.__wrapped__ = get_config_file
+    return get_config_file_or_explain
+
+
+def _model_zoo_needs_pkg_resources() -> bool:
+    return _module_missing("pkg_resources") and "import pkg_resources" in _detectron2_source(
+        os.path.join("model_zoo", "model_zoo.py")
+    )
+
+
+def _fix_model_zoo(module, loader) -> None:
+    if _model_zoo_needs_pkg_resources():
+        with _module_present("pkg_resources", _pkg_resources_substitute()):
+            loader.exec_module(module)
+    else:
+        loader.exec_module(module)
+    if not os.path.isdir(model_zoo_configs_dir()):
+        module.get_config_file = _clear_missing_config_error(module.get_config_file)
+
+
+def patch_model_zoo() -> bool:
+    needed = []
+    if _model_zoo_needs_pkg_resources():
+        needed.append("model_zoo without pkg_resources")
+    if not os.path.isdir(model_zoo_configs_dir()):
+        needed.append("model_zoo clear error for absent configs")
+    if not needed:
+        return False
+    _fix_on_import(_MODEL_ZOO, _fix_model_zoo)
+    for name in needed:
+        _mark(name)
+    return True
+
+
+# 5b. detectron2.export imports caffe2 (in export/api.py), which torch 2 no longer has: nothing of
+#     detectron2.export (TracingAdapter, scripting_with_instances: TorchScript export, which needs
+#     no caffe2) nor detectron2.utils.analysis imports. Later detectron2 versions import the caffe2
+#     part only when caffe2 exists; without caffe2 its names here raise a clear error when used.
+_EXPORT_API = "detectron2.export.api"
+
+
+def _needs_caffe2_message(name: str) -> str:
+    return (
+        f"detectron2.export.{name} needs caffe2, which PyTorch 2 no longer ships. Export to "
+        "TorchScript instead: detectron2.export.TracingAdapter or scripting_with_instances "
+        "(sissi_d2: tools/export.py)."
+    )
+
+
+class Caffe2Tracer:
+    """Placeholder for ``detectron2.export.Caffe2Tracer`` where caffe2 is not installed."""
+
+    def __init__(self, *args, **kwargs):
+        raise ImportError(_needs_caffe2_message("Caffe2Tracer"))
+
+
+class Caffe2Model:
+    """Placeholder for ``detectron2.export.Caffe2Model`` where caffe2 is not installed."""
+
+    def __init__(self, *args, **kwargs):
+        raise ImportError(_needs_caffe2_message("Caffe2Model"))
+
+    @staticmethod
+    def load_protobuf(*args, **kwargs):
+        raise ImportError(_needs_caffe2_message("Caffe2Model"))
+
+
+def export_caffe2_model(*args, **kwargs):
+    raise ImportError(_needs_caffe2_message("export_caffe2_model"))
+
+
+def export_onnx_model(*args, **kwargs):
+    raise ImportError(_needs_caffe2_message("export_onnx_model"))
+
+
+def add_export_config(cfg):
+    """Same as v0.6's: adds cfg.EXPORT_CAFFE2 (kept so that configs using it still build)."""
+    from detectron2.config import CfgNode
+
+    is_frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.EXPORT_CAFFE2 = CfgNode()
+    cfg.EXPORT_CAFFE2.USE_HEATMAP_MAX_KEYPOINT = False
+    if is_frozen:
+        cfg.freeze()
+    return cfg
+
+
+_EXPORT_API_NAMES = (add_export_config, export_caffe2_model, Caffe2Model, export_onnx_model, Caffe2Tracer)
+
+
+def _export_needs_caffe2() -> bool:
+    return _module_missing("caffe2") and "from caffe2" in _detectron2_source(os.path.join("export", "api.py"))
+
+
+def _export_api_without_caffe2(module, loader) -> None:
+    for obj in _EXPORT_API_NAMES:
+        setattr(module, obj.__name__, obj)
+    module.__all__ = [obj.__name__ for obj in _EXPORT_API_NAMES]
+    module.__doc__ = "detectron2.export.api without caffe2 (sissi_d2._compat)"
+
+
+def patch_export_without_caffe2() -> bool:
+    if not _export_needs_caffe2():
+        return False
+    _fix_on_import(_EXPORT_API, _export_api_without_caffe2)
+    _mark("detectron2.export without caffe2")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. hooks.LRScheduler saves and loads scheduler state only for subclasses of _LRScheduler.
+#    Torch 2 schedulers (StepLR, ..., and the LRScheduler base) derive from LRScheduler, of which
+#    _LRScheduler is now a subclass kept for old code: their state was silently dropped from
+#    checkpoints and a resumed run restarted its schedule (last_epoch 0).
+# ---------------------------------------------------------------------------------------------
+def _scheduler_base():
+    import torch.optim.lr_scheduler as lr_scheduler
+
+    return getattr(lr_scheduler, "LRScheduler", lr_scheduler._LRScheduler)
+
+
+def _lr_hook_state_dict(self):
+    if isinstance(self.scheduler, _scheduler_base()):
+        return self.scheduler.state_dict()
+    return {}
+
+
+def _lr_hook_load_state_dict(self, state_dict):
+    if isinstance(self.scheduler, _scheduler_base()):
+        logging.getLogger("detectron2.engine.hooks").info("Loading scheduler from state_dict ...")
+        self.scheduler.load_state_dict(state_dict)
+
+
+def patch_lr_scheduler_state() -> bool:
+    import torch.optim.lr_scheduler as lr_scheduler
+    from detectron2.engine import hooks
+
+    if hooks.LRScheduler.state_dict is _lr_hook_state_dict:
+        return True
+    if issubclass(lr_scheduler.StepLR, lr_scheduler._LRScheduler):
+        return False  # torch < 2: every built-in scheduler is an _LRScheduler
+    if "_LRScheduler" not in inspect.getsource(hooks.LRScheduler.state_dict):
+        return False  # a detectron2 that already checks the new base class
+    hooks.LRScheduler.state_dict = _lr_hook_state_dict
+    hooks.LRScheduler.load_state_dict = _lr_hook_load_state_dict
+    _mark("LR scheduler state for torch 2 schedulers")
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Cropping polygons (fvcore CropTransform.apply_polygons, used by Detectron2's crop
+#    augmentations): GEOS >= 3.9 (shapely 2) computes intersections with a new overlay engine
+#    that starts the resulting ring at another vertex. The polygon is the same, but its vertex
+#    order now depends on the GEOS version. Starting each cropped ring at the input polygon's own
+#    first vertex, where that vertex survives the crop, gives back what older GEOS gave.
+# ---------------------------------------------------------------------------------------------
+def _start_at(ring, first_vertex):
+    import numpy as np
+
+    matches = np.flatnonzero(np.all(np.isclose(ring, first_vertex), axis=1))
+    return np.roll(ring, -int(matches[0]), axis=0) if len(matches) else ring
+
+
+def _crop_polygons(self, polygons: list) -> list:
+    import numpy as np
+    import shapely.geometry as geometry
+
+    crop_box = geometry.box(self.x0, self.y0, self.x0 + self.w, self.y0 + self.h).buffer(0.0)
+    cropped_polygons = []
+    for polygon in polygons:
+        polygon = geometry.Polygon(polygon).buffer(0.0)
+        # polygon must be valid to perform intersection.
+        if not polygon.is_valid or polygon.is_empty:
+            continue
+        first_vertex = np.asarray(polygon.exterior.coords)[0]
+        cropped = polygon.intersection(crop_box)
+        if cropped.is_empty:
+            continue
+        parts = cropped.geoms if isinstance(cropped, geometry.base.BaseMultipartGeometry) else [cropped]
+        # One polygon may be cropped into several; lines or points from the cut are dropped.
+        for part in parts:
+            if not isinstance(part, geometry.Polygon) or not part.is_valid:
+                continue
+            ring = np.asarray(part.exterior.coords)[:-1]  # the ring repeats its first vertex
+            cropped_polygons.append(_start_at(ring, first_vertex))
+    return [self.apply_coords(p) for p in cropped_polygons]
+
+
+def patch_polygon_crop_order() -> bool:
+    from fvcore.transforms.transform import CropTransform
+
+    if CropTransform.apply_polygons is _crop_polygons:
+        return True
+    try:
+        import shapely
+    except ImportError:
+        return False  # cropping polygons raises fvcore's own ImportError: shapely is a dependency
+    geos = tuple(getattr(shapely, "geos_version", (0, 0, 0)))
+    if geos < (3, 9):
+        return False
+    if "polygon.intersection(crop_box)" not in inspect.getsource(CropTransform.apply_polygons):
+        return False  # an fvcore that crops differently
+    CropTransform.apply_polygons = _crop_polygons
+    _mark("polygon crop vertex order on GEOS >= 3.9")
+    return True
+
+
 _DONE = False
 
 
@@ -231,5 +567,9 @@ def apply_all() -> list[str]:
         patch_pillow_linear()
         patch_class_histogram()
         patch_map_dataset()
+        patch_model_zoo()
+        patch_export_without_caffe2()
+        patch_lr_scheduler_state()
+        patch_polygon_crop_order()
         _DONE = True
     return applied()

@@ -31,6 +31,18 @@ def add_sissi_config(cfg):
     # Save a checkpoint every N epochs (the last one is always kept for --resume).
     _C.SISSI.CHECKPOINT_EVERY_EPOCHS = 1
 
+    # ---- disk use of long runs (docs/disk.md) ----
+    _C.SISSI.DISK = CN()
+    # Per-epoch checkpoints (model_NNNNNNN.pth, ~110 MB each for the lean CPU model) a row keeps:
+    # the newest K; 0 = all. model_final.pth, sissi/best_source_val.pth and the trunk checkpoints
+    # that rows still branch from are always kept; older ones go only once a newer one is on disk.
+    _C.SISSI.DISK.KEEP_LAST = 1
+    # At start, estimate what the run (or all rows of run_rows) writes and refuse to start when it
+    # does not fit the free space of the output folder's disk.
+    _C.SISSI.DISK.CHECK = True
+    # Free space (MB) the check leaves for everything else on the machine.
+    _C.SISSI.DISK.RESERVE_MB = 1024
+
     # ---- data mappers (registry SISSI_MAPPER_REGISTRY) ----
     _C.SISSI.MAPPER = CN()
     _C.SISSI.MAPPER.SOURCE = "SISSISourceMapper"

@@ -1,22 +1,140 @@
-"""A DetectionCheckpointer whose files are written atomically.
+"""A DetectionCheckpointer whose files are written atomically, with a retention policy.
 
 fvcore writes checkpoints and the ``last_checkpoint`` tag in place: a run killed mid-write leaves
 a truncated file that ``--resume`` then fails on. Here each file is written to a temporary name
 and renamed, so the last checkpoint on disk is always a complete one.
+
+Retention: a checkpoint of the lean CPU model is about 110 MB (weights + SGD momentum), so a row
+that kept one per epoch filled disks. The checkpointer keeps the newest ``keep_last`` per-epoch
+checkpoints plus the protected ones (those rows still branch from, see
+:func:`branch_checkpoint_epochs`); ``model_final.pth`` and ``sissi/best_source_val.pth`` are never
+touched. Pruning runs only after the new checkpoint and the ``last_checkpoint`` tag naming it are
+complete on disk, and never deletes the checkpoint the tag names.
 """
 from __future__ import annotations
 
+import logging
 import os
+from typing import Callable, Iterable
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..utils.atomic import atomic_open
+from ..utils.atomic import atomic_open, fsync_directory
+from ..utils.disk import CHECKPOINT_NAME_RE, TEMP_NAME_RE, checkpoint_iteration, format_bytes
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = [
+    "AtomicCheckpointer",
+    "checkpoints_to_delete",
+    "prune_checkpoints",
+    "epoch_end_checkpoint",
+    "branch_checkpoint_epochs",
+    "protect_branch_checkpoints",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def epoch_end_checkpoint(epoch: int, iters_per_epoch: int) -> str:
+    """File name of the checkpoint saved at the end of epoch ``epoch`` (0-based), i.e. the weights
+    at the start of epoch ``epoch + 1``: PeriodicCheckpointer names it by its last iteration."""
+    return f"model_{(epoch + 1) * iters_per_epoch - 1:07d}.pth"
+
+
+def _as_name(item) -> str:
+    """A protected item as a file name: an iteration (int) or a checkpoint path/name."""
+    if isinstance(item, int):
+        return f"model_{item:07d}.pth"
+    return os.path.basename(os.fspath(item))
+
+
+def checkpoints_to_delete(names: Iterable[str], keep_last: int, protected: Iterable = (),
+                          last_checkpoint: str | None = None) -> list:
+    """Per-epoch checkpoint names (``model_NNNNNNN.pth``) that retention deletes, oldest first.
+
+    Kept: the newest ``keep_last`` by iteration (all when ``keep_last`` <= 0), the one
+    ``last_checkpoint`` names (what --resume reads) and the ``protected`` ones (iterations or
+    names). Other files, model_final.pth among them, are never candidates.
+    """
+    if keep_last <= 0:
+        return []
+    numbered = sorted((n for n in set(names) if CHECKPOINT_NAME_RE.match(n)), key=checkpoint_iteration)
+    keep = set(numbered[-keep_last:]) | {_as_name(p) for p in protected}
+    if last_checkpoint:
+        keep.add(os.path.basename(last_checkpoint))
+    return [n for n in numbered if n not in keep]
+
+
+def prune_checkpoints(directory: str, keep_last: int, protected: Iterable = ()) -> list:
+    """Apply retention to the checkpoints in ``directory``; returns the deleted paths (logged).
+
+    Also removes temporary checkpoint files left by a killed write (only the checkpointer writes
+    ``.model_*.pth.*.tmp`` there, and it is not writing while it prunes).
+    """
+    if keep_last <= 0:
+        return []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    last = None
+    tag = os.path.join(directory, "last_checkpoint")
+    if os.path.isfile(tag):
+        with open(tag, encoding="utf-8") as f:
+            last = f.read().strip()
+    protected = list(protected)
+    deleted = []
+    for name in checkpoints_to_delete(names, keep_last, protected, last):
+        path = os.path.join(directory, name)
+        size = os.path.getsize(path)
+        os.remove(path)
+        deleted.append(path)
+        logger.info("Retention: deleted %s (%s; keeping the newest %d, %s and %d protected)",
+                    path, format_bytes(size), keep_last, last or "no last_checkpoint", len(protected))
+    for name in names:
+        if TEMP_NAME_RE.match(name) and name.startswith(".model_"):
+            path = os.path.join(directory, name)
+            os.remove(path)
+            deleted.append(path)
+            logger.info("Retention: deleted %s (temporary file of an interrupted checkpoint write)", path)
+    return deleted
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
+    """Atomic checkpoint writes; with ``keep_last`` > 0, retention after each save.
+
+    ``protect(...)`` adds checkpoints (iterations or names) that retention keeps, e.g. those a
+    planned branch needs; ``protect_with(fn)`` asks ``fn()`` at each prune, e.g. for a trunk whose
+    branch points depend on signals seen so far. ``prune()`` applies retention now (run_rows
+    calls it on the trunk once every row has branched).
+    """
+
+    def __init__(self, model, save_dir: str = "", *, keep_last: int = 0, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.keep_last = int(keep_last)
+        self.protected: set = set()
+        self._protect_fns: list = []
+
+    def protect(self, items: Iterable) -> None:
+        self.protected |= {_as_name(i) for i in items}
+
+    def unprotect(self, items: Iterable) -> None:
+        self.protected -= {_as_name(i) for i in items}
+
+    def protect_with(self, fn: Callable[[], Iterable]) -> None:
+        self._protect_fns.append(fn)
+
+    def protected_names(self) -> set:
+        names = set(self.protected)
+        for fn in self._protect_fns:
+            names |= {_as_name(i) for i in fn()}
+        return names
+
+    def prune(self) -> list:
+        if not self.save_dir or not self.save_to_disk or self.keep_last <= 0:
+            return []
+        return prune_checkpoints(self.save_dir, self.keep_last, self.protected_names())
+
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:
             return
@@ -29,10 +147,90 @@ class AtomicCheckpointer(DetectionCheckpointer):
         with atomic_open(save_file, "wb") as f:
             torch.save(data, f)
         self.tag_last_checkpoint(os.path.basename(save_file))
+        # Only now, with the new checkpoint and the tag naming it durable, may older ones go.
+        fsync_directory(self.save_dir)
+        self.prune()
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         with atomic_open(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
             f.write(last_filename_basename)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a trunk keeps for the rows that branch from it
+# ---------------------------------------------------------------------------------------------
+def branch_checkpoint_epochs(row_cfgs: Iterable, trunk_state: dict):
+    """Epochs whose end-of-epoch trunk checkpoint a row may still need, given the trunk's hook
+    states so far (``{"MemorisationHook": ..., "SourceValLossHook": ...}``), or None when a rule
+    is unknown (then keep every checkpoint).
+
+    ``row_cfgs``: the rows that share their past with the trunk. A row with correction starting
+    at epoch s branches from the end of epoch s - 1 and, for the source-validation rule, reads its
+    best weights (epoch b) from the end of epoch b - 1 (see run_rows). Called during the trunk's
+    training, it keeps what a rule that has not fired yet may still ask for; once the trunk has
+    finished it gives exactly the checkpoints the planned branches need.
+    """
+    memorisation = trunk_state.get("MemorisationHook", {}).get("detector", {})
+    history = trunk_state.get("SourceValLossHook", {}).get("history", [])
+    needed: set = set()
+    for cfg in row_cfgs:
+        rule = str(cfg.SISSI.START_RULE)
+        epochs = int(cfg.SISSI.EPOCHS)
+        if rule == "never":
+            continue
+        if rule.startswith("epoch:"):
+            try:
+                start = int(rule.split(":", 1)[1])
+            except ValueError:
+                return None
+            if 0 < start < epochs:
+                needed.add(start - 1)
+        elif rule == "adele":
+            # It fires at the start of epoch f (the model after f epochs) and branches at f + 1 from
+            # the end of epoch f, saved after the firing: before it fires no saved checkpoint is needed.
+            fired = memorisation.get("fired_epoch")
+            if fired is not None and fired + 1 < epochs:
+                needed.add(fired)
+        elif rule == "source_val_loss":
+            needed |= _source_val_branch_epochs(history, int(cfg.SISSI.SOURCE_VAL.PATIENCE), epochs)
+        else:
+            return None
+    return needed
+
+
+def _source_val_branch_epochs(history, patience: int, epochs: int) -> set:
+    """Same walk as run_rows' plan: the rule fires at the first epoch ``patience`` epochs after
+    the lowest loss so far; while it has not fired, the best weights so far may still be asked for
+    (the start checkpoint is then the newest one or a later one)."""
+    best_epoch, best = None, float("inf")
+    last_seen = -1
+    for epoch, loss in history:
+        last_seen = epoch
+        if loss < best:
+            best_epoch, best = epoch, loss
+        elif epoch - best_epoch >= patience:
+            if epoch >= epochs or best_epoch == 0:
+                return set()  # no branch, or trained from scratch
+            return {epoch - 1, best_epoch - 1}
+    if best_epoch is None or best_epoch == 0 or last_seen + 1 >= epochs:
+        return set()
+    return {best_epoch - 1}
+
+
+def protect_branch_checkpoints(trainer, row_cfgs: Iterable) -> None:
+    """Make a trunk trainer's checkpointer keep the checkpoints ``row_cfgs`` may branch from,
+    judged from the trunk's own signals at each save."""
+    row_cfgs = list(row_cfgs)
+    ipe = trainer.iters_per_epoch
+
+    def needed():
+        # the same hook states run_rows plans the branches from once the trunk has finished
+        epochs = branch_checkpoint_epochs(row_cfgs, trainer.state_dict().get("hooks", {}))
+        if epochs is None:  # unknown rule: keep every per-epoch checkpoint
+            return [n for n in os.listdir(trainer.checkpointer.save_dir) if CHECKPOINT_NAME_RE.match(n)]
+        return [epoch_end_checkpoint(e, ipe) for e in epochs]
+
+    trainer.checkpointer.protect_with(needed)
 
 
 def load_weights(model, path: str) -> None:

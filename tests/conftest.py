@@ -75,7 +75,7 @@ def tiny_datasets(tmp_path_factory):
 
 def tiny_config(output_dir, *opts):
     """The lean CPU model shrunk further: 96 px input, 3 epochs of 2 iterations."""
-    from sissi_d2.setup import build_config
+    from sissi_d2.config_builder import build_config
 
     base = [
         "MODEL.RESNETS.DEPTH", "18", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",

@@ -3,7 +3,7 @@ import os
 import pytest
 
 import sissi_d2  # noqa: F401
-from sissi_d2.setup import build_config
+from sissi_d2.config_builder import build_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIGS = sorted(

@@ -43,7 +43,7 @@ def _data(root, n_target, seed=0):
 
 
 def _cfg(args, out_dir, *opts):
-    from sissi_d2.setup import build_config
+    from sissi_d2.config_builder import build_config
 
     base = ["SISSI.TARGET_DATASETS", "('synth_target_train_oracle',)", "SISSI.SOURCE_VAL_DATASETS", "()",
             "DATASETS.TEST", "()", "OUTPUT_DIR", out_dir, "MODEL.DEVICE", args.device, "SEED", "0",

@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 import numpy as np  # noqa: E402
 
 import sissi_d2  # noqa: E402,F401  (applies the Detectron2 compatibility patches first)
-from sissi_d2.engine.predict import load_labels, match_keys, register_sources  # noqa: E402
+from sissi_d2.data.label_sets import load_labels, match_keys, register_sources  # noqa: E402
 from sissi_d2.evaluation.box_metrics import METRIC_KEYS, coco_box_metrics  # noqa: E402
 from sissi_d2.utils.atomic import atomic_write_json  # noqa: E402
 

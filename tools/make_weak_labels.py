@@ -31,12 +31,11 @@ import numpy as np  # noqa: E402
 
 import sissi_d2  # noqa: E402,F401  (applies the detectron2 patches first)
 from sissi_d2.data.image_io import ImageReadError, read_gray8  # noqa: E402
+from sissi_d2.data.label_files import IMAGE_EXTENSIONS, detections_to_coco, list_image_files, write_coco_json  # noqa: E402
 from sissi_d2.utils.atomic import atomic_write_json  # noqa: E402
 from sissi_d2.weak_labels.pipelines import available_pipelines, make_weak_labels, nms  # noqa: E402
 
-IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 DEFAULT_PIPELINE = "phase"
-MASK_HINTS = ("_masks", "_mask", "_labels", "_label", "_flows")
 
 
 def image_stem(path: str) -> str:
@@ -46,13 +45,7 @@ def image_stem(path: str) -> str:
 def list_images(source: str) -> list:
     """Image files of a folder (``*_img.*`` if present) or of a glob pattern, sorted."""
     if os.path.isdir(source):
-        files = [os.path.join(source, f) for f in os.listdir(source)]
-        files = [f for f in files if os.path.isfile(f) and f.lower().endswith(IMAGE_EXTS)]
-        cellpose = [f for f in files if image_stem(f).endswith("_img")]
-        if cellpose:
-            files = cellpose
-        else:
-            files = [f for f in files if not image_stem(f).lower().endswith(MASK_HINTS)]
+        files = list_image_files(source, cellpose_first=True)
     elif os.path.isfile(source):
         files = [source]
     else:
@@ -62,7 +55,7 @@ def list_images(source: str) -> list:
                              "matches files")
     files = sorted(os.path.abspath(f) for f in files)
     if not files:
-        raise SystemExit(f"error: no image files ({', '.join(IMAGE_EXTS)}) found in {source}")
+        raise SystemExit(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {source}")
     return files
 
 
@@ -120,21 +113,10 @@ def _work(job):
 
 
 def to_coco(results: list, pipelines: dict, cell_size: float) -> dict:
-    images, annotations = [], []
-    for img_id, (path, (h, w, boxes, scores, _)) in enumerate(results, start=1):
-        images.append({"id": img_id, "file_name": path, "height": int(h), "width": int(w),
-                       "weak_label_pipeline": pipelines[path]})
-        for (x0, y0, x1, y1), s in zip(np.asarray(boxes, np.float64), np.asarray(scores, np.float64)):
-            bw, bh = float(x1 - x0), float(y1 - y0)
-            annotations.append({"id": len(annotations) + 1, "image_id": img_id, "category_id": 1,
-                                "bbox": [round(float(x0), 2), round(float(y0), 2), round(bw, 2), round(bh, 2)],
-                                "area": round(bw * bh, 2), "iscrowd": 0, "score": round(float(s), 5)})
-    return {
-        "info": {"description": "SISSI weak labels (classical image processing)",
-                 "pipelines": sorted(set(pipelines.values())), "cell_size": cell_size},
-        "images": images, "annotations": annotations,
-        "categories": [{"id": 1, "name": "cell"}],
-    }
+    info = {"description": "SISSI weak labels (classical image processing)",
+            "pipelines": sorted(set(pipelines.values())), "cell_size": cell_size}
+    return detections_to_coco(({"file_name": path, "height": h, "width": w, "weak_label_pipeline": pipelines[path],
+                                "boxes": boxes, "scores": scores} for path, (h, w, boxes, scores, _) in results), info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +190,7 @@ def main(argv=None) -> int:
         raise SystemExit("error: no image could be read")
 
     coco = to_coco(results, pipelines, args.cell_size)
-    atomic_write_json(args.output, coco)
+    write_coco_json(args.output, coco)
     per_image = [r[1][4] for r in results]
     counts = [len(r[1][2]) for r in results]
     used = ", ".join(f"{n} x{list(pipelines[p] for p, _ in results).count(n)}"

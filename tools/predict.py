@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore", message=".*torch.meshgrid.*")
 import sissi_d2  # noqa: E402,F401  (applies the Detectron2 compatibility patches first)
 from sissi_d2.data.image_io import ImageReadError  # noqa: E402
 from sissi_d2.engine.predict import run_prediction  # noqa: E402
-from sissi_d2.setup import build_config  # noqa: E402
+from sissi_d2.config_builder import build_config  # noqa: E402
 
 
 _ROOTS = None

@@ -18,7 +18,7 @@ from detectron2.utils import comm  # noqa: E402
 from sissi_d2.engine import SISSITrainer, launch  # noqa: E402
 from sissi_d2.engine.checkpoint import load_weights  # noqa: E402
 from sissi_d2.evaluation.evaluator import format_results  # noqa: E402
-from sissi_d2.setup import build_config, register_known_datasets  # noqa: E402
+from sissi_d2.config_builder import build_config, register_known_datasets  # noqa: E402
 
 
 def setup(args):

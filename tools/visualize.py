@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 import sissi_d2  # noqa: E402,F401  (applies the Detectron2 compatibility patches first)
 from sissi_d2.data.image_io import ImageReadError, read_bgr8  # noqa: E402
-from sissi_d2.engine.predict import load_labels, match_keys, register_sources  # noqa: E402
+from sissi_d2.data.label_sets import load_labels, match_keys, register_sources  # noqa: E402
 
 logger = logging.getLogger("sissi_d2.tools.visualize")
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import os
 
-from .datasets import _GET_DATA_HELP, cache_dir, register_sissi_dataset, shared_data_root
+from .datasets import register_sissi_dataset
+from .paths import GET_DATA_HELP, cache_dir, shared_data_root
 
 __all__ = [
     "register_shared_datasets",
@@ -80,7 +81,7 @@ def register_shared_datasets(root=None) -> list:
     """
     root = os.path.abspath(os.fspath(root)) if root is not None else shared_data_root()
     if not os.path.isdir(root):
-        logger.info(f"Shared data root {root} not found: no shared data sets registered. {_GET_DATA_HELP}")
+        logger.info(f"Shared data root {root} not found: no shared data sets registered. {GET_DATA_HELP}")
         return []
     names = _register_table(root, SHARED_DATASETS)
     weak = os.path.join(cache_dir(), USIIGACI_WEAK_JSON)

@@ -11,7 +11,9 @@ import os
 import cv2
 import numpy as np
 
-__all__ = ["ImageReadError", "read_image_any", "to_uint8", "read_gray8", "read_bgr8", "read_label_image"]
+__all__ = [
+    "ImageReadError", "read_image_any", "to_uint8", "read_gray8", "read_bgr8", "read_label_image", "read_image_size",
+]
 
 
 class ImageReadError(ValueError):
@@ -94,3 +96,52 @@ def read_label_image(path: str) -> np.ndarray:
     if not np.issubdtype(image.dtype, np.integer):
         raise ImageReadError(f"Label image {path} has dtype {image.dtype}; expected integers.")
     return image.astype(np.int32)
+
+
+def _tail_is_complete(path: str, fmt: str | None) -> bool:
+    """Cheap truncation check for the formats that have an end marker (PNG IEND, JPEG EOI)."""
+    if fmt not in ("PNG", "JPEG"):
+        return True
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 64))
+        tail = f.read()
+    return (b"IEND" in tail) if fmt == "PNG" else (b"\xff\xd9" in tail)
+
+
+def read_image_size(path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding the pixels.
+
+    Raises ImageReadError naming the file when it is missing, empty, not an image, or a PNG /
+    JPEG whose end is missing (truncated download or copy).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(
+            f"Image file not found: {path}. Check the dataset folder or the file_name in the labels."
+        )
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            fmt = im.format
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(
+            f"Image {path} is larger than Pillow's safety limit ({e}). Tile it into smaller images "
+            "first; whole-slide images do not fit a detector's input anyway."
+        ) from e
+    except Exception as e:  # PIL raises UnidentifiedImageError, SyntaxError, OSError, ...
+        raise ImageReadError(
+            f"Cannot read the header of image {path} ({os.path.getsize(path)} bytes; "
+            f"{type(e).__name__}: {e}): the file is empty, truncated or not an image. Replace it "
+            "or remove it from the dataset."
+        ) from e
+    if not _tail_is_complete(path, fmt):
+        raise ImageReadError(
+            f"Image {path} is truncated (its {fmt} end marker is missing). Copy or download it "
+            "again, or remove it from the dataset."
+        )
+    if width <= 0 or height <= 0:
+        raise ImageReadError(f"Image {path} has an empty size {width}x{height}. Replace or remove it.")
+    return int(height), int(width)

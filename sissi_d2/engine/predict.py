@@ -1,8 +1,6 @@
-"""Predict and count cells on image files, and read label files of every kind the tools meet.
+"""Predict and count cells on image files (``tools/predict.py``: files, folders or globs).
 
-Used by ``tools/predict.py`` (inference on files, folders or globs), ``tools/visualize.py`` and
-``tools/compare_labels.py`` (label files: weak labels, pseudo-label snapshots, corrected labels
-exported from CVAT / Label Studio and the ``detections.json`` written here).
+Reading label files for drawing and scoring is ``sissi_d2.data.label_sets``.
 
 ``detections.json`` is a COCO detection file whose annotations carry a ``score``, the same form
 as the pseudo-label snapshots ``OUTPUT_DIR/sissi/pseudo_labels/epoch_NNNN.json``: it can be
@@ -13,18 +11,16 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import logging
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
-from ..data.datasets import IMAGE_EXTENSIONS
 from ..data.image_io import ImageReadError, read_bgr8
-from ..utils.atomic import atomic_open, atomic_write_json
+from ..data.label_files import IMAGE_EXTENSIONS, detections_to_coco, is_image_file, list_image_files, write_coco_json
+from ..utils.atomic import atomic_open
 from ..utils.progress import progress
 from .inference import IDENTITY_VIEW, RecordPredictor, inference_mode
 
@@ -37,26 +33,13 @@ __all__ = [
     "write_counts_csv",
     "write_overlays",
     "run_prediction",
-    "LabelSet",
-    "load_labels",
-    "label_key",
-    "match_keys",
-    "register_sources",
 ]
 
 logger = logging.getLogger(__name__)
 
-# Files of a Cellpose-style folder that are not images of cells (masks, flows, ...).
-_NON_IMAGE_SUFFIXES = ("_masks", "_flows", "_seg", "_outlines", "_cp_masks", "_cp_output")
-
-
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
-
-
 def expand_inputs(inputs: Sequence[str]) -> list:
     """Image paths of files, folders and glob patterns, in the order given, without duplicates.
 
@@ -81,7 +64,7 @@ def expand_inputs(inputs: Sequence[str]) -> list:
     for item in inputs:
         item = os.path.expanduser(os.fspath(item))
         if glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p) and _is_image_name(p))
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p) and is_image_file(p))
             if not found:
                 raise FileNotFoundError(
                     f"No image files ({', '.join(IMAGE_EXTENSIONS)}) match the pattern {item!r}. Check the "
@@ -90,9 +73,7 @@ def expand_inputs(inputs: Sequence[str]) -> list:
             for p in found:
                 add(p)
         elif os.path.isdir(item):
-            found = [os.path.join(item, n) for n in sorted(os.listdir(item))
-                     if _is_image_name(n) and not os.path.splitext(n)[0].endswith(_NON_IMAGE_SUFFIXES)
-                     and os.path.isfile(os.path.join(item, n))]
+            found = list_image_files(item)
             if not found:
                 raise FileNotFoundError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {item}.")
             for p in found:
@@ -127,7 +108,6 @@ def build_inference_model(cfg, weights: str | None = None):
     """Detectron2 model of ``cfg`` on ``cfg.MODEL.DEVICE`` with the weights loaded, in eval mode."""
     from detectron2.modeling import build_model
 
-    from .. import modeling  # noqa: F401  (registers SISSI's model parts, if any)
     from .checkpoint import load_weights
 
     path = weights if weights is not None else cfg.MODEL.WEIGHTS
@@ -187,19 +167,8 @@ def predict_files(cfg, model, paths: Sequence[str], batch_size: int = 4, tta: bo
 def predictions_to_coco(predictions: Sequence[Prediction], info: dict | None = None, skipped=()) -> dict:
     """COCO detection dict: ``images`` (absolute ``file_name``), ``annotations`` with ``score``
     (every detection, highest score first per image), ``categories`` = cell, ``info``."""
-    images, annotations = [], []
-    ann_id = 1
-    for img_id, p in enumerate(predictions, start=1):
-        images.append({"id": img_id, "file_name": os.path.abspath(p.file_name), "height": int(p.height),
-                       "width": int(p.width)})
-        for (x0, y0, x1, y1), s in zip(p.boxes.tolist(), p.scores.tolist()):
-            w, h = x1 - x0, y1 - y0
-            annotations.append({"id": ann_id, "image_id": img_id, "category_id": 1,
-                                "bbox": [round(x0, 2), round(y0, 2), round(w, 2), round(h, 2)],
-                                "area": round(w * h, 2), "iscrowd": 0, "score": round(float(s), 5)})
-            ann_id += 1
-    out = {"info": dict(info or {}), "images": images, "annotations": annotations,
-           "categories": [{"id": 1, "name": "cell"}]}
+    out = detections_to_coco(({"file_name": os.path.abspath(p.file_name), "height": p.height, "width": p.width,
+                               "boxes": p.boxes, "scores": p.scores} for p in predictions), info)
     if skipped:
         out["skipped"] = [{"file_name": os.path.abspath(f), "error": e} for f, e in skipped]
     return out
@@ -265,199 +234,10 @@ def run_prediction(cfg, inputs: Sequence[str], output_dir: str, weights: str | N
             "device": str(cfg.MODEL.DEVICE), "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
             "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST)}
     det_path = os.path.join(output_dir, "detections.json")
-    atomic_write_json(det_path, predictions_to_coco(predictions, info, skipped), indent=None)
+    write_coco_json(det_path, predictions_to_coco(predictions, info, skipped), indent=None)
     csv_path = write_counts_csv(predictions, os.path.join(output_dir, "counts.csv"), score_thresh)
     overlay_paths = write_overlays(predictions, os.path.join(output_dir, "overlays"), score_thresh) if overlays else []
     return {"images": len(predictions), "skipped": skipped,
             "cells": sum(p.count(score_thresh) for p in predictions),
             "detections": det_path, "counts": csv_path, "overlays": overlay_paths,
             "predictions": predictions}
-
-
-# ---------------------------------------------------------------------------------------------
-# label files and data sets, for drawing and scoring
-# ---------------------------------------------------------------------------------------------
-_LABEL_STUDIO_PREFIX = re.compile(r"^[0-9a-f]{8}-")
-
-
-def label_key(file_name: str) -> str:
-    """The key images are matched by across label files: the file's basename."""
-    return os.path.basename(str(file_name).replace("\\", "/"))
-
-
-@dataclass
-class LabelSet:
-    """Boxes of one label source. ``images``: key -> dict(file_name, height, width, boxes Nx4
-    XYXY, scores (N,) or None when the source has none), in the source's image order."""
-
-    name: str
-    images: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
-
-    @property
-    def has_scores(self) -> bool:
-        return any(v["scores"] is not None for v in self.images.values())
-
-    def boxes(self, key, score_thresh: float = 0.0):
-        entry = self.images[key]
-        if entry["scores"] is None or score_thresh <= 0:
-            return entry["boxes"]
-        return entry["boxes"][entry["scores"] >= score_thresh]
-
-    def num_boxes(self) -> int:
-        return sum(len(v["boxes"]) for v in self.images.values())
-
-
-def _add_image(images: dict, key: str, entry: dict, where: str) -> None:
-    if key in images:
-        logger.warning("%s: two images share the name %s (%s and %s); the second one is used when "
-                       "matching label files by name.", where, key, images[key]["file_name"], entry["file_name"])
-    images[key] = entry
-
-
-def _labels_from_coco_json(path: str, image_root: str | None) -> LabelSet:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"Label file {path} is not valid json ({e}).") from None
-    if isinstance(data, list):
-        raise ValueError(
-            f"Label file {path} is a bare list of COCO results (no 'images'): its image ids cannot be "
-            "matched to files. Use a COCO json with an 'images' list (e.g. tools/predict.py's detections.json)."
-        )
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ValueError(f"Label file {path} has no 'images' list; expected a COCO detection json.")
-    root = image_root or os.path.dirname(os.path.abspath(path))
-    images, by_id = {}, {}
-    for img in data["images"]:
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise ValueError(f"Label file {path}: image entry {img!r} lacks 'id' or 'file_name'.")
-        fname = str(img["file_name"])
-        full = fname if os.path.isabs(fname) else os.path.normpath(os.path.join(root, fname))
-        entry = {"file_name": full, "height": img.get("height"), "width": img.get("width"),
-                 "boxes": [], "scores": []}
-        by_id[img["id"]] = entry
-        _add_image(images, label_key(fname), entry, path)
-    unknown = bad = 0
-    for ann in data.get("annotations") or []:
-        entry = by_id.get(ann.get("image_id"))
-        if entry is None:
-            unknown += 1
-            continue
-        try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-        except (KeyError, TypeError, ValueError):
-            bad += 1
-            continue
-        if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
-            bad += 1
-            continue
-        entry["boxes"].append([x, y, x + w, y + h])
-        entry["scores"].append(float(ann["score"]) if "score" in ann else None)
-    if unknown:
-        logger.warning("%s: %d annotations name an image_id not in 'images'; ignored.", path, unknown)
-    if bad:
-        logger.warning("%s: %d annotations with a malformed, non-finite or empty bbox; ignored.", path, bad)
-    for entry in images.values():
-        scores = entry["scores"]
-        entry["boxes"] = np.asarray(entry["boxes"], np.float64).reshape(-1, 4)
-        if scores and all(s is not None for s in scores):
-            entry["scores"] = np.asarray(scores, np.float64)
-        elif any(s is not None for s in scores):
-            logger.warning("%s: only some boxes of %s have a score; using 1 for the others.", path, entry["file_name"])
-            entry["scores"] = np.asarray([1.0 if s is None else s for s in scores], np.float64)
-        else:
-            entry["scores"] = None
-    info = data.get("info") if isinstance(data.get("info"), dict) else {}
-    return LabelSet(os.path.basename(path), images, dict(info))
-
-
-def _labels_from_dataset(name: str) -> LabelSet:
-    from detectron2.data import DatasetCatalog
-    from detectron2.structures import BoxMode
-
-    images = {}
-    for rec in DatasetCatalog.get(name):
-        boxes, scores = [], []
-        for a in rec.get("annotations", []):
-            boxes.append(BoxMode.convert([float(v) for v in a["bbox"]], a.get("bbox_mode", BoxMode.XYXY_ABS),
-                                         BoxMode.XYXY_ABS))
-            scores.append(a.get("score"))
-        has_scores = bool(scores) and all(s is not None for s in scores)
-        _add_image(images, label_key(rec["file_name"]), {
-            "file_name": rec["file_name"], "height": rec.get("height"), "width": rec.get("width"),
-            "boxes": np.asarray(boxes, np.float64).reshape(-1, 4),
-            "scores": np.asarray(scores, np.float64) if has_scores else None}, name)
-    return LabelSet(name, images, {})
-
-
-def _json_image_root(path: str) -> str | None:
-    """The image_root a registered coco data set gives this json, if any (e.g. the weak labels)."""
-    from detectron2.data import MetadataCatalog
-
-    path = os.path.abspath(path)
-    for name in MetadataCatalog.list():
-        meta = MetadataCatalog.get(name)
-        if getattr(meta, "json_file", None) and os.path.abspath(meta.json_file) == path:
-            root = (getattr(meta, "sissi_options", None) or {}).get("image_root")
-            if root:
-                return root
-    return None
-
-
-def load_labels(source: str, image_root: str | None = None) -> LabelSet:
-    """Boxes of a label json (COCO, with or without scores) or of a registered data set name.
-
-    ``source`` is a path to an existing file, else a name in ``DatasetCatalog``. A relative image
-    ``file_name`` in a json is resolved against ``image_root``, else the image root of a registered
-    data set using that json, else the json's folder.
-    """
-    from detectron2.data import DatasetCatalog
-
-    if os.path.isfile(source):
-        return _labels_from_coco_json(source, image_root or _json_image_root(source))
-    if source in DatasetCatalog.list():
-        return _labels_from_dataset(source)
-    if source.lower().endswith(".json"):
-        raise FileNotFoundError(f"Label file {source} does not exist.")
-    known = ", ".join(sorted(n for n in DatasetCatalog.list() if not n.startswith(("coco_", "lvis_", "voc_",
-                                                                                   "cityscapes_", "keypoints_"))))
-    raise FileNotFoundError(
-        f"{source!r} is neither a label json file nor a registered data set. Registered: {known or 'none'}. "
-        "Register more with --register NAME=KIND:PATH or SISSI.REGISTER in a config."
-    )
-
-
-def match_keys(reference: Iterable[str], other: Iterable[str]) -> dict:
-    """other key -> reference key, by file basename; a Label Studio upload prefix
-    (``1a2b3c4d-img001.png``) on either side is ignored when the plain names do not match."""
-    ref = list(reference)
-    ref_set = set(ref)
-    stripped = {}
-    for r in ref:
-        stripped.setdefault(_LABEL_STUDIO_PREFIX.sub("", r), r)
-    out = {}
-    for k in other:
-        if k in ref_set:
-            out[k] = k
-        else:
-            s = _LABEL_STUDIO_PREFIX.sub("", k)
-            if s in ref_set:
-                out[k] = s
-            elif s in stripped:
-                out[k] = stripped[s]
-    return out
-
-
-def register_sources(config_file: str | None = None, specs: Sequence[str] = (), opts: Sequence[str] = ()) -> list:
-    """Register the known data sets (shared, synthetic), those of a config's SISSI.REGISTER and
-    ``specs`` ("NAME=KIND:PATH"), so that label sources can be given by data set name."""
-    from ..setup import build_config, register_from_spec, register_known_datasets
-
-    # only SISSI.REGISTER is used: the device is irrelevant (and CPU avoids a CUDA warning)
-    cfg = build_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"]) if (config_file or opts) else None
-    names = register_known_datasets(cfg)
-    for spec in specs:
-        names.append(register_from_spec(spec))
-    return names

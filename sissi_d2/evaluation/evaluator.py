@@ -20,6 +20,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ..data.label_files import image_key, load_coco_boxes
 from ..utils.atomic import atomic_write_json
 from .box_metrics import METRIC_KEYS, coco_box_metrics
 
@@ -28,22 +29,16 @@ __all__ = ["CellBoxEvaluator", "reader_ground_truth", "records_ground_truth"]
 logger = logging.getLogger(__name__)
 
 
-def _image_key(record) -> str:
-    return os.path.basename(record["file_name"])
-
-
 def records_ground_truth(records) -> dict:
     """file basename -> Nx4 XYXY boxes of a list of dataset dicts."""
     return {
-        _image_key(r): np.asarray([a["bbox"] for a in r.get("annotations", [])], dtype=np.float64).reshape(-1, 4)
+        image_key(r): np.asarray([a["bbox"] for a in r.get("annotations", [])], dtype=np.float64).reshape(-1, 4)
         for r in records
     }
 
 
 def reader_ground_truth(json_path: str) -> dict:
     """file basename -> boxes of one reader's COCO json."""
-    from ..data.datasets import load_coco_boxes
-
     return records_ground_truth(load_coco_boxes(json_path))
 
 

@@ -9,35 +9,15 @@ weak labels they replaced. Truth is only read here, never by training.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 
-import numpy as np
-
+from ..data.label_files import read_label_json
 from .box_metrics import coco_box_metrics
 
-__all__ = ["read_label_json", "snapshot_paths", "pseudo_label_quality"]
+__all__ = ["snapshot_paths", "pseudo_label_quality"]
 
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.json$")
-
-
-def read_label_json(path: str) -> dict:
-    """COCO json (weak labels, a pseudo-label snapshot) -> file basename -> (Nx4 XYXY, scores).
-
-    Every image of the json is present, with empty arrays when it has no box; boxes without a
-    ``score`` get 1."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    by_id = {im["id"]: os.path.basename(im["file_name"]) for im in data.get("images", [])}
-    boxes = {k: [] for k in by_id.values()}
-    scores = {k: [] for k in by_id.values()}
-    for ann in data.get("annotations", []):
-        key = by_id[ann["image_id"]]
-        x, y, w, h = ann["bbox"]
-        boxes[key].append([x, y, x + w, y + h])
-        scores[key].append(float(ann.get("score", 1.0)))
-    return {k: (np.asarray(boxes[k], np.float32).reshape(-1, 4), np.asarray(scores[k], np.float32)) for k in boxes}
 
 
 def snapshot_paths(output_dir: str) -> list:

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..data.datasets import DEFAULT_MIN_AREA, DEFAULT_SPECK_FRACTION, boxes_from_label_image
+from ..data.boxes import DEFAULT_MIN_AREA, DEFAULT_SPECK_FRACTION, boxes_from_label_image
 from ..data.image_io import read_label_image
 from ..evaluation.box_metrics import coco_box_metrics
 

@@ -8,6 +8,7 @@ import sissi_d2  # noqa: F401
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from sissi_d2.data import datasets as ds
+from sissi_d2.data.datasets import registry
 from sissi_d2.data.builtin import (
     SHARED_DATASETS,
     SYNTHETIC_DATASETS,
@@ -38,7 +39,7 @@ def isolated(monkeypatch, tmp_path):
             if n not in saved:
                 saved[n] = (DatasetCatalog[n] if n in DatasetCatalog.list() else None,
                             MetadataCatalog.get(n) if n in MetadataCatalog.list() else None,
-                            ds._REGISTERED.get(n))
+                            registry._REGISTERED.get(n))
                 ds.unregister_sissi_dataset(n)
 
     yield take
@@ -49,7 +50,7 @@ def isolated(monkeypatch, tmp_path):
         if meta is not None:
             MetadataCatalog[n] = meta
         if sig is not None:
-            ds._REGISTERED[n] = sig
+            registry._REGISTERED[n] = sig
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from sissi_d2.data import datasets as ds
+from sissi_d2.data.datasets import cellpose, registry
 from sissi_d2.data.datasets import (
     boxes_from_label_image,
     load_celllab_folder,
@@ -301,7 +302,7 @@ def test_conversion_cache_is_reused_and_invalidated(cellpose_dir, _tmp_cache, mo
     def no_decoding(path):
         raise AssertionError(f"mask {path} decoded although the cache is valid")
 
-    monkeypatch.setattr(ds, "read_label_image", no_decoding)
+    monkeypatch.setattr(cellpose, "read_label_image", no_decoding)
     second = load_cellpose_folder(cellpose_dir)
     assert second == first
     assert all(a["bbox_mode"] is BoxMode.XYXY_ABS for r in second for a in r["annotations"])
@@ -550,7 +551,7 @@ def test_register_is_lazy_idempotent_and_refuses_conflicts(cellpose_dir, tmp_pat
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setitem(ds._LOADERS, "cellpose", counting)
+    monkeypatch.setitem(registry._LOADERS, "cellpose", counting)
     assert register_sissi_dataset(name, "cellpose", cellpose_dir, min_area=5) == name
     assert not calls  # nothing read at registration
     recs = DatasetCatalog.get(name)

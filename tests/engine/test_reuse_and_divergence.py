@@ -16,7 +16,7 @@ PLAIN_SCRIPT = textwrap.dedent('''
     from detectron2.engine import DefaultTrainer
     from sissi_d2.data.mappers import SISSI_MAPPER_REGISTRY
     from sissi_d2.engine import MemorisationHook
-    from sissi_d2.setup import build_config, register_from_spec
+    from sissi_d2.config_builder import build_config, register_from_spec
 
     register_from_spec("plain_train=coco:" + sys.argv[1])
     cfg = build_config(sys.argv[2], sys.argv[4:])

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from sissi_d2.evaluation.label_quality import pseudo_label_quality, read_label_json, snapshot_paths
+from sissi_d2.data.label_files import read_label_json
+from sissi_d2.evaluation.label_quality import pseudo_label_quality, snapshot_paths
 
 
 def _write_snapshot(path, boxes_by_file, with_scores=True):

@@ -148,7 +148,7 @@ def test_tta_matches_the_pseudo_label_path(tiny_model, images):
     from sissi_d2.data.image_io import read_bgr8
     from sissi_d2.engine.inference import RecordPredictor
     from sissi_d2.engine.predict import build_inference_model, predict_files
-    from sissi_d2.setup import build_config
+    from sissi_d2.config_builder import build_config
 
     config_file, weights = tiny_model
     cfg = build_config(config_file, ["MODEL.DEVICE", "cpu"])

@@ -1,4 +1,4 @@
-"""Config building shared by the command-line tools: merge, validate, register data, pick device."""
+"""Building the configs of the command-line tools: merge, validate, register data, pick device."""
 from __future__ import annotations
 
 import logging
@@ -25,7 +25,7 @@ def resolve_device(cfg) -> None:
 
 def synthetic_root() -> str:
     """Where the demo's synthetic data set lives (env SISSI_SYNTHETIC_ROOT overrides)."""
-    from .data.datasets import cache_dir
+    from .data.paths import cache_dir
 
     return os.environ.get("SISSI_SYNTHETIC_ROOT") or os.path.join(cache_dir(), "synthetic")
 

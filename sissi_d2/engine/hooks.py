@@ -16,12 +16,16 @@ import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from detectron2.structures import BoxMode
+
 from ..algorithms.adele import MemorisationDetector
+from ..data.label_files import image_key, load_coco_boxes, save_records_as_coco
 from ..evaluation.box_metrics import coco_box_metrics
 from ..utils.atomic import atomic_open, atomic_write_json
-from .inference import RecordPredictor, image_key, inference_mode
+from .inference import RecordPredictor
+from .start_rules import MEMORISATION, SOURCE_VAL, StartSignals
 
-__all__ = ["EpochHook", "MemorisationHook", "SourceValLossHook", "boxes_of"]
+__all__ = ["EpochHook", "MemorisationHook", "SourceValLossHook", "LabelCorrectionHook", "boxes_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ class MemorisationHook(EpochHook):
         self.predictor = RecordPredictor(cfg)
         self.max_dets = cfg.SISSI.EVAL.MAX_DETS
         a = cfg.SISSI.ADELE
-        self.detector = MemorisationDetector(horizon=horizon, threshold=a.THRESHOLD, min_points=a.MIN_POINTS)
+        self.detector = MemorisationDetector(horizon=horizon, threshold=a.THRESHOLD, min_points=a.MIN_POINTS,
+                                             curve=a.CURVE)
         self.output_dir = output_dir
 
     @property
@@ -81,8 +86,11 @@ class MemorisationHook(EpochHook):
         update = self.detector.update_epochs[-1]
         self.trainer.storage.put_scalar("sissi/weak_ap50", ap50, smoothing_hint=False)
         logger.info(
-            "Memorisation check, epoch %d: AP50 vs weak labels %.4f, estimated update epoch %s%s",
-            epoch, ap50, update, " -> memorisation detected" if fired else "",
+            "Memorisation check, epoch %d: AP50 vs weak labels %.4f, estimated update epoch %s (horizon %d)%s",
+            epoch, ap50, update, self.detector.horizon, {
+                None: "", "deceleration": " -> memorisation detected (the curve decelerated)",
+                "horizon": " -> correction forced: the horizon was reached without a detected deceleration",
+            }[self.detector.fired_by if fired else None],
         )
         if self.output_dir and comm.is_main_process():
             atomic_write_json(os.path.join(self.output_dir, "memorisation.json"), self.report())
@@ -165,3 +173,126 @@ class SourceValLossHook(EpochHook):
         self.history = [list(x) for x in state["history"]]
         self.best_epoch = state["best_epoch"]
         self.best_loss = math.inf if state["best_loss"] is None else state["best_loss"]
+
+
+def _with_boxes(record, boxes, scores):
+    out = dict(record)
+    out["annotations"] = [
+        {"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "score": float(s)}
+        for b, s in zip(boxes, scores)
+    ]
+    return out
+
+
+class LabelCorrectionHook(EpochHook):
+    """Epoch start: start rule -> (restore) -> pseudo-labels -> cloning -> new two-source loader.
+
+    The hook owns the target labels in use (``records``: the weak labels until correction starts,
+    then the pseudo-labels of ``labels_epoch``). It asks the start rule with the signals of the
+    ``memorisation`` and ``source_val`` hooks (those the run has), and acts on the trainer through
+    three calls only: ``set_epoch_loader(epoch, start_batch, records, cloning)``,
+    ``close_loader()`` and, when the rule asks for earlier weights, ``restore_epoch_weights(epoch)``.
+    """
+
+    def __init__(self, cfg, target_records, iters_per_epoch: int, start_rule, output_dir: str,
+                 memorisation=None, source_val=None):
+        super().__init__(iters_per_epoch)
+        self.rule = start_rule
+        self.initial_records = list(target_records)
+        self.records = list(target_records)
+        self.cloning_mode = cfg.SISSI.CLONING.MODE
+        self.weak_label_weight = float(cfg.SISSI.PSEUDO.get("WEAK_LABEL_WEIGHT", 0.0))
+        self.predictor = RecordPredictor(cfg)
+        self.output_dir = output_dir
+        self.memorisation, self.source_val = memorisation, source_val
+        self.labels_epoch = None  # epoch whose pseudo-labels are the current target labels
+        self.history: list = []
+        self._loader_key = None
+
+    def signals(self) -> StartSignals:
+        recorded = {name for name, hook in ((MEMORISATION, self.memorisation), (SOURCE_VAL, self.source_val)) if hook}
+        return StartSignals(
+            recorded=frozenset(recorded),
+            memorisation_fired_epoch=self.memorisation.fired_epoch if self.memorisation else None,
+            source_val_history=tuple((int(e), float(v)) for e, v in self.source_val.history) if self.source_val else (),
+        )
+
+    def correcting(self, epoch: int) -> bool:
+        return self.rule.correcting(epoch, self.signals())
+
+    # -- state -------------------------------------------------------------------------------
+    def snapshot_path(self, epoch: int) -> str:
+        return os.path.join(self.output_dir, "pseudo_labels", f"epoch_{epoch:04d}.json")
+
+    def state_dict(self):
+        return {"labels_epoch": self.labels_epoch, "rule": self.rule.state_dict(), "history": self.history}
+
+    def load_state_dict(self, state):
+        self.labels_epoch = state["labels_epoch"]
+        self.rule.load_state_dict(state["rule"])
+        self.history = list(state["history"])
+        self.records = list(self.initial_records)
+        if self.labels_epoch is not None:
+            path = self.snapshot_path(self.labels_epoch)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"The checkpoint says the target labels are the pseudo-labels of epoch {self.labels_epoch}, "
+                    f"but {path} is missing; restore it or train again without --resume."
+                )
+            by_key = {image_key(r): r for r in load_coco_boxes(path)}
+            self.records = [{**r, "annotations": by_key[image_key(r)]["annotations"]} if image_key(r) in by_key else r
+                            for r in self.initial_records]
+        self._loader_key = None
+
+    # -- per epoch ---------------------------------------------------------------------------
+    def cloning(self, epoch: int) -> bool:
+        mode = self.cloning_mode
+        return mode == "always" or (mode == "on_correction" and self.correcting(epoch))
+
+    def on_epoch_start(self, epoch: int):
+        if self.correcting(epoch) and self.labels_epoch != epoch:
+            restore = self.rule.restore_epoch()
+            if self.labels_epoch is None and restore is not None and restore != epoch:
+                self.trainer.restore_epoch_weights(restore)  # correction starts from earlier weights
+            self.correct_labels(epoch)
+        self.trainer.storage.put_scalar("sissi/epoch", epoch, smoothing_hint=False)
+
+    def correct_labels(self, epoch: int):
+        # the initial weak labels vote in the fusion only with SISSI.PSEUDO.WEAK_LABEL_WEIGHT > 0
+        weak = {"weak_boxes": boxes_of(self.initial_records)} if self.weak_label_weight > 0 else {}
+        fused = self.predictor.pseudo_labels(self.trainer.model, self.records, desc=f"pseudo-labels epoch {epoch}",
+                                             **weak)
+        new_records, kept, total = [], 0, 0
+        for record in self.records:
+            boxes, scores = fused[image_key(record)]
+            if len(boxes) == 0:
+                kept += 1  # nothing confident found: keep this image's previous labels
+                new_records.append(record)
+            else:
+                new_records.append(_with_boxes(record, boxes, scores))
+            total += len(new_records[-1]["annotations"])
+        self.records = new_records
+        self.labels_epoch = epoch
+        path = self.snapshot_path(epoch)
+        if comm.is_main_process():
+            save_records_as_coco(new_records, path)
+        comm.synchronize()
+        self.history.append({"epoch": epoch, "boxes": total, "images_kept_previous": kept})
+        self.trainer.storage.put_scalar("sissi/pseudo_boxes", total, smoothing_hint=False)
+        logger.info(
+            "Epoch %d: %d pseudo-labels on %d target images (%d kept their previous labels); snapshot %s",
+            epoch, total, len(new_records), kept, path,
+        )
+
+    def before_step(self):
+        super().before_step()
+        ipe = self.iters_per_epoch
+        epoch, start_batch = divmod(self.trainer.iter, ipe)
+        if self._loader_key != (epoch, start_batch):
+            self.trainer.set_epoch_loader(epoch, start_batch, self.records, cloning=self.cloning(epoch))
+        # The loader in place serves the next batch of this epoch; an epoch's loader ends with
+        # the epoch, and the next one is built after that epoch's label correction.
+        self._loader_key = (epoch, start_batch + 1) if start_batch + 1 < ipe else None
+
+    def after_train(self):
+        self.trainer.close_loader()

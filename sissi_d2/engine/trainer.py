@@ -1,9 +1,11 @@
 """``SISSITrainer``: Detectron2's ``DefaultTrainer`` with SISSI's epochs.
 
 Detectron2 trains by iterations; SISSI works by epochs over the target set. The trainer turns
-``SISSI.EPOCHS`` into ``SOLVER.MAX_ITER`` and adds one ``LabelCorrectionHook`` that, at every
-epoch start, asks the start rule whether correction is on, replaces the target labels with
-TTA + WBF pseudo-labels, switches seamless cloning on and rebuilds the two-source loader.
+``SISSI.EPOCHS`` into ``SOLVER.MAX_ITER`` and adds one ``LabelCorrectionHook``
+(``engine/hooks.py``) that, at every epoch start, asks the start rule whether correction is on,
+replaces the target labels with TTA + WBF pseudo-labels, switches seamless cloning on and asks
+the trainer for the two-source loader of the epoch. Restoring earlier weights when correction
+starts (the Baseline) is an explicit trainer step, :meth:`SISSITrainer.restore_epoch_weights`.
 """
 from __future__ import annotations
 
@@ -15,21 +17,19 @@ import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.data.build import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
-from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.datasets import load_coco_boxes, save_records_as_coco
 from ..data.mappers import SISSISourceMapper, build_mapper, cloning_blur
 from ..data.two_source import TwoSourceLoader, iters_per_epoch, per_rank_batch
 from ..evaluation.evaluator import CellBoxEvaluator
 from .checkpoint import AtomicCheckpointer
-from .hooks import EpochHook, MemorisationHook, SourceValLossHook
-from .inference import RecordPredictor, image_key
-from .start_rules import build_start_rule
+from .hooks import LabelCorrectionHook, MemorisationHook, SourceValLossHook
+from .start_rules import MEMORISATION, build_start_rule, recorded_signals
 
-__all__ = ["SISSITrainer", "LabelCorrectionHook", "create_ddp_model"]
+# LabelCorrectionHook lives in hooks.py; it stays importable from here.
+__all__ = ["SISSITrainer", "LabelCorrectionHook", "create_ddp_model", "require_registered"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,100 +42,6 @@ def create_ddp_model(model, **kwargs):
         kwargs.setdefault("device_ids", [comm.get_local_rank()])
     kwargs.setdefault("broadcast_buffers", False)
     return DistributedDataParallel(model, **kwargs)
-
-
-def _with_boxes(record, boxes, scores):
-    out = dict(record)
-    out["annotations"] = [
-        {"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "score": float(s)}
-        for b, s in zip(boxes, scores)
-    ]
-    return out
-
-
-class LabelCorrectionHook(EpochHook):
-    """Epoch start: start rule -> pseudo-labels -> cloning -> new two-source loader."""
-
-    def __init__(self, trainer, start_rule):
-        super().__init__(trainer.iters_per_epoch)
-        self.t = weakref.proxy(trainer)
-        self.rule = start_rule
-        self.predictor = RecordPredictor(trainer.cfg)
-        self.labels_epoch = None  # epoch whose pseudo-labels are the current target labels
-        self.history: list = []
-        self._loader_key = None
-
-    # -- state -------------------------------------------------------------------------------
-    def snapshot_path(self, epoch: int) -> str:
-        return os.path.join(self.t.sissi_dir, "pseudo_labels", f"epoch_{epoch:04d}.json")
-
-    def state_dict(self):
-        return {"labels_epoch": self.labels_epoch, "rule": self.rule.state_dict(), "history": self.history}
-
-    def load_state_dict(self, state):
-        self.labels_epoch = state["labels_epoch"]
-        self.rule.load_state_dict(state["rule"])
-        self.history = list(state["history"])
-        if self.labels_epoch is not None:
-            path = self.snapshot_path(self.labels_epoch)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"The checkpoint says the target labels are the pseudo-labels of epoch {self.labels_epoch}, "
-                    f"but {path} is missing; restore it or train again without --resume."
-                )
-            by_key = {image_key(r): r for r in load_coco_boxes(path)}
-            self.t.target_records = [
-                {**r, "annotations": by_key[image_key(r)]["annotations"]} if image_key(r) in by_key else r
-                for r in self.t.initial_target_records
-            ]
-        self._loader_key = None
-
-    # -- per epoch ---------------------------------------------------------------------------
-    def cloning(self, epoch: int) -> bool:
-        mode = self.t.cfg.SISSI.CLONING.MODE
-        return mode == "always" or (mode == "on_correction" and self.rule.correcting(epoch))
-
-    def on_epoch_start(self, epoch: int):
-        if self.rule.correcting(epoch) and self.labels_epoch != epoch:
-            self.correct_labels(epoch)
-        self.t.storage.put_scalar("sissi/epoch", epoch, smoothing_hint=False)
-
-    def correct_labels(self, epoch: int):
-        fused = self.predictor.pseudo_labels(self.t.model, self.t.target_records, desc=f"pseudo-labels epoch {epoch}")
-        new_records, kept, total = [], 0, 0
-        for record in self.t.target_records:
-            boxes, scores = fused[image_key(record)]
-            if len(boxes) == 0:
-                kept += 1  # nothing confident found: keep this image's previous labels
-                new_records.append(record)
-            else:
-                new_records.append(_with_boxes(record, boxes, scores))
-            total += len(new_records[-1]["annotations"])
-        self.t.target_records = new_records
-        self.labels_epoch = epoch
-        path = self.snapshot_path(epoch)
-        if comm.is_main_process():
-            save_records_as_coco(new_records, path)
-        comm.synchronize()
-        self.history.append({"epoch": epoch, "boxes": total, "images_kept_previous": kept})
-        self.t.storage.put_scalar("sissi/pseudo_boxes", total, smoothing_hint=False)
-        logger.info(
-            "Epoch %d: %d pseudo-labels on %d target images (%d kept their previous labels); snapshot %s",
-            epoch, total, len(new_records), kept, path,
-        )
-
-    def before_step(self):
-        super().before_step()
-        ipe = self.iters_per_epoch
-        epoch, start_batch = divmod(self.t.iter, ipe)
-        if self._loader_key != (epoch, start_batch):
-            self.t.set_epoch_loader(epoch, start_batch, cloning=self.cloning(epoch))
-        # The loader in place serves the next batch of this epoch; an epoch's loader ends with
-        # the epoch, and the next one is built after that epoch's label correction.
-        self._loader_key = (epoch, start_batch + 1) if start_batch + 1 < ipe else None
-
-    def after_train(self):
-        self.t.close_loader()
 
 
 class SISSITrainer(DefaultTrainer):
@@ -160,8 +66,7 @@ class SISSITrainer(DefaultTrainer):
         self.n_target = per_rank_batch(cfg.SISSI.IMS_PER_BATCH_TARGET, world, "SISSI.IMS_PER_BATCH_TARGET")
         self.source_records = get_detection_dataset_dicts(list(cfg.SISSI.SOURCE_DATASETS), filter_empty=False)
         self.initial_target_records = get_detection_dataset_dicts(list(cfg.SISSI.TARGET_DATASETS), filter_empty=False)
-        self.target_records = list(self.initial_target_records)
-        self.iters_per_epoch = iters_per_epoch(len(self.target_records), cfg.SISSI.IMS_PER_BATCH_TARGET)
+        self.iters_per_epoch = iters_per_epoch(len(self.initial_target_records), cfg.SISSI.IMS_PER_BATCH_TARGET)
 
         cfg = cfg.clone()
         cfg.defrost()
@@ -174,7 +79,7 @@ class SISSITrainer(DefaultTrainer):
         logger.info(
             "SISSI: %d source + %d target images per iteration, %d target images -> %d iterations per "
             "epoch, %d epochs = %d iterations", cfg.SISSI.IMS_PER_BATCH_SOURCE, cfg.SISSI.IMS_PER_BATCH_TARGET,
-            len(self.target_records), self.iters_per_epoch, cfg.SISSI.EPOCHS, cfg.SOLVER.MAX_ITER,
+            len(self.initial_target_records), self.iters_per_epoch, cfg.SISSI.EPOCHS, cfg.SOLVER.MAX_ITER,
         )
 
         if cfg.SEED >= 0:
@@ -190,6 +95,9 @@ class SISSITrainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
 
+        self.start_rule = build_start_rule(cfg)
+        recorded = recorded_signals(cfg)
+        self.start_rule.check_signals(recorded)
         self.source_val_hook = None
         if cfg.SISSI.SOURCE_VAL_DATASETS:
             val_records = get_detection_dataset_dicts(list(cfg.SISSI.SOURCE_VAL_DATASETS), filter_empty=False)
@@ -197,24 +105,31 @@ class SISSITrainer(DefaultTrainer):
                 val_records = val_records[: cfg.SISSI.SOURCE_VAL.MAX_IMAGES]
             val_mapper = SISSISourceMapper(cfg, is_train=True, augmentations=_test_resize(cfg))
             self.source_val_hook = SourceValLossHook(val_records, val_mapper, self.iters_per_epoch, self.sissi_dir)
-        # The memorisation check runs for the ADELE rule, and for any rule with ADELE.TRACK (its
-        # curve is informative on every row, and rows that share their past share it too).
+        # The memorisation check runs for a rule that needs it, and for any rule with ADELE.TRACK
+        # (its curve is informative on every row, and rows that share their past share it too).
         self.memorisation_hook = None
-        if str(cfg.SISSI.START_RULE).startswith("adele") or cfg.SISSI.ADELE.TRACK:
+        if MEMORISATION in recorded:
             horizon = cfg.SISSI.ADELE.HORIZON or cfg.SISSI.EPOCHS
             self.memorisation_hook = MemorisationHook(
                 cfg, self.initial_target_records, self.iters_per_epoch, horizon, self.sissi_dir
             )
-        self.start_rule = build_start_rule(cfg, self)
-        self.correction_hook = LabelCorrectionHook(self, self.start_rule)
+        self.correction_hook = LabelCorrectionHook(
+            cfg, self.initial_target_records, self.iters_per_epoch, self.start_rule, self.sissi_dir,
+            memorisation=self.memorisation_hook, source_val=self.source_val_hook,
+        )
         self.register_hooks(self.build_hooks())
 
     # -- data --------------------------------------------------------------------------------
-    def set_epoch_loader(self, epoch: int, start_batch: int, cloning: bool):
+    @property
+    def target_records(self) -> list:
+        """The target labels in use (weak labels, then the latest pseudo-labels)."""
+        return self.correction_hook.records
+
+    def set_epoch_loader(self, epoch: int, start_batch: int, target_records, cloning: bool):
         self.close_loader()
         cfg = self.cfg
         self._loader = TwoSourceLoader.for_epoch(
-            self.source_records, self.target_records,
+            self.source_records, list(target_records),
             build_mapper(cfg, "source", True), build_mapper(cfg, "target", True, cloning=cloning),
             source_batch_total=cfg.SISSI.IMS_PER_BATCH_SOURCE, target_batch_total=cfg.SISSI.IMS_PER_BATCH_TARGET,
             seed=_seed(cfg), epoch=epoch, start_batch=start_batch, num_workers=cfg.DATALOADER.NUM_WORKERS,
@@ -226,6 +141,24 @@ class SISSITrainer(DefaultTrainer):
         # Dropping the iterator shuts its worker processes down before new ones start.
         self._trainer._data_loader_iter = iter(())
         self._loader = None
+
+    # -- the restore step of a rule that starts from earlier weights ------------------------
+    def restore_epoch_weights(self, epoch: int) -> None:
+        """Load the weights the model had at the start of ``epoch``, as kept by the source
+        validation hook (the weights with the lowest loss). Only the weights: the optimizer's
+        momentum and the LR schedule stay where the run is (why: configs/baseline.yaml and
+        docs/rows.md)."""
+        val = self.source_val_hook
+        path = val.best_weights_path if val is not None else None
+        if path is None or not os.path.isfile(path):
+            raise FileNotFoundError(f"the weights of epoch {epoch} to restore are not in {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if int(state.get("epoch", -1)) != int(epoch):
+            raise ValueError(f"{path} holds the weights of epoch {state.get('epoch')}, not of epoch {epoch}")
+        net = self.model.module if hasattr(self.model, "module") else self.model
+        net.load_state_dict(state["model"])
+        logger.info("Correction starts at epoch %d from the weights of epoch %d (source validation loss %.4f)",
+                    self.iter // self.iters_per_epoch, epoch, val.best_loss)
 
     # -- hooks, checkpoints ------------------------------------------------------------------
     def build_hooks(self):

@@ -1,0 +1,238 @@
+"""Train several rows of an experiment (Table 1) sharing their common past.
+
+Rows that differ only in what happens once their correction starts train identical weights
+until then: data order is a function of (seed, epoch), the step RNG is reseeded from (seed,
+iteration), and the hooks that watch the model do not change it. So one row on the weak labels
+(rule ``never``) is trained once as the *trunk*, recording the start signals (memorisation check,
+source validation loss), and every other row *branches* from the trunk's checkpoint at the end of
+the epoch before its correction starts, then resumes as a normal run. Where a row branches is
+planned by its own start rule replayed on the trunk's record (``StartRule.branch_plan``). A row
+whose rule never fires within the epochs equals the trunk and is not trained again.
+
+What must match for a branch to equal the row trained alone (:func:`past_differences`): every
+setting except those read only once correction runs (the start rule and its patience, the
+cloning settings of rows that do not clone before, the memorisation check's own settings); and
+the trunk must have recorded, with the same settings, every signal the row records
+(:func:`signal_mismatch`), or :func:`run_rows` refuses the plan and names the setting.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import torch
+
+from ..engine.start_rules import MEMORISATION, SIGNAL_SETTINGS, SOURCE_VAL, build_start_rule, recorded_signals
+from ..utils.atomic import atomic_open, atomic_write_json
+
+__all__ = ["run_rows", "past_differences", "same_past", "signal_mismatch", "check_row_settings", "row_settings"]
+
+logger = logging.getLogger(__name__)
+
+# Read only by the start rule, or only once correction runs.
+_ROW_ONLY = ("SISSI.START_RULE", "SISSI.SOURCE_VAL.PATIENCE")
+# The memorisation check observes (no_grad inference, the step RNG is reseeded): its settings
+# change its record, not the weights; they are compared where the row records that signal.
+_SIGNAL_KEYS = {
+    MEMORISATION: ("SISSI.ADELE.TRACK", "SISSI.ADELE.THRESHOLD", "SISSI.ADELE.HORIZON", "SISSI.ADELE.MIN_POINTS"),
+    SOURCE_VAL: ("SISSI.SOURCE_VAL_DATASETS", "SISSI.SOURCE_VAL.MAX_IMAGES"),
+}
+_CLONING = "SISSI.CLONING."
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def row_settings(cfg) -> dict:
+    """The row's config as flat plain JSON values (OUTPUT_DIR left out: folders may move)."""
+    d = json.loads(json.dumps(cfg, default=lambda o: dict(o) if isinstance(o, dict) else list(o)))
+    d.pop("OUTPUT_DIR", None)
+    return _flat(d)
+
+
+def _clones_before_start(cfg) -> bool:
+    return cfg.SISSI.CLONING.MODE == "always"
+
+
+def past_differences(row_cfg, trunk_cfg) -> list:
+    """Settings in which two runs may differ before the row's correction starts (sorted keys).
+
+    Compared: everything but the start rule and its patience, the memorisation check's settings
+    (a record, compared by :func:`signal_mismatch`) and, unless one of them clones from the first
+    epoch (``CLONING.MODE always``), the cloning settings."""
+    a, b = row_settings(row_cfg), row_settings(trunk_cfg)
+    ignored = set(_ROW_ONLY) | set(_SIGNAL_KEYS[MEMORISATION])
+    cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)
+    return sorted(k for k in set(a) | set(b)
+                  if k not in ignored and (cloning_matters or not k.startswith(_CLONING)) and a.get(k) != b.get(k))
+
+
+def same_past(cfg_a, cfg_b) -> bool:
+    """True when two configs train the same weights until the first one's correction starts."""
+    return not past_differences(cfg_a, cfg_b)
+
+
+def signal_mismatch(row_cfg, trunk_cfg) -> str | None:
+    """Why the trunk's record cannot stand for the row's signals, naming the setting; None if it can.
+
+    A row records the signals its rule needs (and the memorisation check with ADELE.TRACK); the
+    trunk must record each of them with the same settings, or the row's start (and its copied
+    record) would be read from another signal."""
+    row_rec, trunk_rec = recorded_signals(row_cfg), recorded_signals(trunk_cfg)
+    a, b = row_settings(row_cfg), row_settings(trunk_cfg)
+    for signal in sorted(row_rec):
+        if signal not in trunk_rec:
+            return (f"the row records the {signal} signal (its start rule or SISSI.ADELE.TRACK) but the trunk does "
+                    f"not: set {SIGNAL_SETTINGS[signal]} on the trunk")
+        for key in _SIGNAL_KEYS[signal]:
+            if key != "SISSI.ADELE.TRACK" and a.get(key) != b.get(key):
+                return f"{key} is {a.get(key)!r} for the row but {b.get(key)!r} for the trunk that recorded the {signal} signal"
+    return None
+
+
+def _checkpoint_path(trunk_dir: str, epoch_end: int, ipe: int) -> str:
+    return os.path.join(trunk_dir, f"model_{(epoch_end + 1) * ipe - 1:07d}.pth")
+
+
+def _branch(trunk_dir: str, row_dir: str, plan, ipe: int) -> None:
+    """Seed row_dir with the trunk's checkpoint at the end of epoch plan.start_epoch - 1 (and the
+    weights at the start of plan.restore_epoch, which the row's source validation hook keeps)."""
+    src = _checkpoint_path(trunk_dir, plan.start_epoch - 1, ipe)
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"the trunk checkpoint {src} is missing: cannot branch the row {row_dir}")
+    os.makedirs(os.path.join(row_dir, "sissi"), exist_ok=True)
+    shutil.copyfile(src, os.path.join(row_dir, os.path.basename(src)))
+    for name in ("memorisation.json",):
+        if os.path.isfile(os.path.join(trunk_dir, "sissi", name)):
+            shutil.copyfile(os.path.join(trunk_dir, "sissi", name), os.path.join(row_dir, "sissi", name))
+    if plan.restore_epoch is not None and plan.restore_epoch != plan.start_epoch:
+        # the weights at the start of epoch e are those of the checkpoint at the end of e - 1
+        state = torch.load(_checkpoint_path(trunk_dir, plan.restore_epoch - 1, ipe), map_location="cpu",
+                           weights_only=True)
+        with atomic_open(os.path.join(row_dir, "sissi", "best_source_val.pth"), "wb") as f:
+            torch.save({"model": state["model"], "epoch": plan.restore_epoch}, f)
+    with atomic_open(os.path.join(row_dir, "last_checkpoint"), "w") as f:
+        f.write(os.path.basename(src))
+
+
+def check_row_settings(cfg) -> None:
+    """A row's folder is reused (resume) only by the settings it was trained with.
+
+    The first run records them in ``OUTPUT_DIR/sissi/row_settings.json``; a later run with other
+    settings (another learning rate, other epochs, another data set...) would otherwise silently
+    continue or reuse the old weights. It stops with the keys that differ instead."""
+    path = os.path.join(cfg.OUTPUT_DIR, "sissi", "row_settings.json")
+    current = row_settings(cfg)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        diff = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        if diff:
+            shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
+            raise ValueError(
+                f"{cfg.OUTPUT_DIR} holds a run trained with other settings ({shown}"
+                f"{'; ...' if len(diff) > 6 else ''}). Use another output folder, or delete this one to train again.")
+        return
+    if os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        logger.warning("%s holds a run with no record of its settings: assuming they are the current ones", cfg.OUTPUT_DIR)
+    atomic_write_json(path, current)
+
+
+class _Runner:
+    """Trains and evaluates rows with one trainer class and the caller's extra hooks."""
+
+    def __init__(self, trainer_cls, hooks):
+        if trainer_cls is None:
+            from ..engine.trainer import SISSITrainer as trainer_cls
+        self.trainer_cls, self.hooks = trainer_cls, hooks
+
+    def train(self, key: str, cfg):
+        check_row_settings(cfg)
+        trainer = self.trainer_cls(cfg)
+        if self.hooks is not None:
+            trainer.register_hooks(self.hooks(key, trainer))
+        trainer.resume_or_load(resume=True)
+        if trainer.start_iter < trainer.max_iter:
+            trainer.train()
+        return trainer
+
+    def evaluate(self, trainer) -> dict:
+        if not trainer.cfg.DATASETS.TEST:
+            return {}
+        results = self.trainer_cls.test(trainer.cfg, trainer.model)
+        if "bbox" in results:  # Detectron2 unwraps the results of a single test set
+            results = {trainer.cfg.DATASETS.TEST[0]: results}
+        return {ds: res["bbox"] for ds, res in results.items()}
+
+
+def _trunk_signals(hooks_state: dict) -> dict:
+    return {"memorisation_fired_epoch": hooks_state.get("MemorisationHook", {}).get("detector", {}).get("fired_epoch"),
+            "source_val_history": hooks_state.get("SourceValLossHook", {}).get("history", [])}
+
+
+def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
+    """Train and evaluate every row (key -> frozen cfg); ``rows[trunk]`` must use rule 'never'.
+
+    ``trainer_cls`` (default ``SISSITrainer``) trains every row; ``hooks(key, trainer)``, if given,
+    returns extra hooks for the row's trainer (e.g. progress lines). Returns key -> {"metrics",
+    "branched_from_epoch", "plan", "output_dir", "same_as"} (the trunk's entry also holds its
+    "signals") and writes ``row.json`` into each row's folder. Finished rows are reused (resume).
+    A row whose start rule would read a signal the trunk did not record raises ValueError.
+    """
+    runner = _Runner(trainer_cls, hooks)
+    trunk_cfg = rows[trunk]
+    if trunk_cfg.SISSI.START_RULE != "never":
+        raise ValueError(f"the trunk row {trunk!r} must train on the weak labels (START_RULE never)")
+    for key, cfg in rows.items():  # refuse before anything is trained
+        if key != trunk and not past_differences(cfg, trunk_cfg):
+            why = signal_mismatch(cfg, trunk_cfg)
+            if why:
+                raise ValueError(f"row {key!r} cannot branch from the trunk {trunk!r}: {why}")
+    logger.info("Rows: training the trunk %r in %s", trunk, trunk_cfg.OUTPUT_DIR)
+    trunk_trainer = runner.train(trunk, trunk_cfg)
+    ipe = trunk_trainer.iters_per_epoch
+    trunk_state = json.loads(json.dumps(trunk_trainer.state_dict()["hooks"]))
+    recorded = recorded_signals(trunk_cfg)
+    summary = {trunk: {"metrics": runner.evaluate(trunk_trainer), "branched_from_epoch": 0, "plan": None,
+                       "output_dir": trunk_cfg.OUTPUT_DIR, "same_as": None, "signals": _trunk_signals(trunk_state)}}
+    del trunk_trainer
+    for key, cfg in rows.items():
+        if key == trunk:
+            continue
+        entry = summary[key] = {"output_dir": cfg.OUTPUT_DIR, "same_as": None, "branched_from_epoch": None,
+                                "plan": None}
+        differences = past_differences(cfg, trunk_cfg)
+        if differences:
+            logger.info("Row %r differs from the trunk before correction (%s): trained from scratch",
+                        key, ", ".join(differences[:4]))
+            entry["metrics"] = runner.evaluate(runner.train(key, cfg))
+            continue
+        plan = build_start_rule(cfg).branch_plan(trunk_state, recorded, int(cfg.SISSI.EPOCHS))
+        if plan is None:
+            logger.info("Row %r: its start rule never fires within the epochs; identical to %r", key, trunk)
+            entry.update(same_as=trunk, metrics=summary[trunk]["metrics"])
+            continue
+        entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
+        if plan.start_epoch == 0 or plan.restore_epoch == 0:
+            # nothing of the trunk to reuse: its weights at epoch 0 are the initial ones
+            logger.info("Row %r: correction starts from the initial weights; trained from scratch", key)
+            entry["metrics"] = runner.evaluate(runner.train(key, cfg))
+            continue
+        check_row_settings(cfg)  # before the branch checkpoint lands in its folder
+        if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+            _branch(trunk_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)
+        logger.info("Row %r: branched from the trunk at the start of epoch %d", key, plan.start_epoch)
+        entry["branched_from_epoch"] = plan.start_epoch
+        entry["metrics"] = runner.evaluate(runner.train(key, cfg))
+    for key, entry in summary.items():
+        atomic_write_json(os.path.join(entry["output_dir"], "row.json"), {"row": key, **entry})
+    return summary

@@ -1,0 +1,88 @@
+"""LabelCorrectionHook through its narrow trainer interface, with a stand-in trainer and predictor."""
+import numpy as np
+
+from tests.conftest import tiny_config
+
+
+class _Storage:
+    def __init__(self):
+        self.scalars = {}
+
+    def put_scalar(self, name, value, smoothing_hint=False):
+        self.scalars[name] = value
+
+
+class _Trainer:
+    """Only what the hook may use: model, iter, storage and three calls."""
+
+    def __init__(self):
+        self.model, self.iter, self.storage = object(), 0, _Storage()
+        self.calls = []
+
+    def set_epoch_loader(self, epoch, start_batch, records, cloning):
+        self.calls.append(("loader", epoch, start_batch, len(records), cloning))
+
+    def close_loader(self):
+        self.calls.append(("close",))
+
+    def restore_epoch_weights(self, epoch):
+        self.calls.append(("restore", epoch))
+
+
+class _Predictor:
+    def pseudo_labels(self, model, records, desc=""):
+        return {r["file_name"].split("/")[-1]: (np.array([[1.0, 1.0, 5.0, 5.0]]), np.array([0.9])) for r in records}
+
+
+class _SourceVal:
+    def __init__(self, history):
+        self.history = history
+
+
+def _hook(tmp_path, rule, records, cloning="on_correction", source_val=None, *opts):
+    from sissi_d2.engine.hooks import LabelCorrectionHook
+    from sissi_d2.engine.start_rules import build_start_rule
+
+    cfg = tiny_config(tmp_path, "SISSI.START_RULE", rule, "SISSI.CLONING.MODE", cloning, *opts)
+    hook = LabelCorrectionHook(cfg, records, 2, build_start_rule(cfg), str(tmp_path), source_val=source_val)
+    hook.predictor = _Predictor()
+    hook.trainer = _Trainer()
+    return hook
+
+
+def _records(tmp_path):
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), np.zeros((8, 8), np.uint8))
+    return [{"file_name": str(tmp_path / f"img{i}.png"), "height": 8, "width": 8, "image_id": f"img{i}",
+             "annotations": []} for i in range(3)]
+
+
+def test_correction_replaces_labels_and_loader_clones(tmp_path):
+    hook = _hook(tmp_path, "epoch:1", _records(tmp_path))
+    for it in range(4):
+        hook.trainer.iter = it
+        hook.before_step()
+    loaders = [c for c in hook.trainer.calls if c[0] == "loader"]
+    assert loaders == [("loader", 0, 0, 3, False), ("loader", 1, 0, 3, True)]  # one loader per epoch
+    assert hook.labels_epoch == 1 and all(len(r["annotations"]) == 1 for r in hook.records)
+    assert (tmp_path / "pseudo_labels" / "epoch_0001.json").exists()
+    assert hook.trainer.storage.scalars["sissi/pseudo_boxes"] == 3
+    state = hook.state_dict()
+    hook.records = []
+    hook.load_state_dict(state)  # the labels come back from the snapshot
+    assert [len(r["annotations"]) for r in hook.records] == [1, 1, 1]
+    hook.after_train()
+    assert hook.trainer.calls[-1] == ("close",)
+
+
+def test_restore_is_an_explicit_trainer_call_when_correction_starts(tmp_path):
+    val = _SourceVal([[0, 1.0], [1, 0.5], [2, 0.9]])
+    hook = _hook(tmp_path, "source_val_loss", _records(tmp_path), "never", val, "SISSI.SOURCE_VAL.PATIENCE", "1")
+    hook.on_epoch_start(2)
+    assert ("restore", 1) in hook.trainer.calls and hook.labels_epoch == 2
+    val.history.append([3, 0.2])
+    hook.trainer.calls.clear()
+    hook.on_epoch_start(3)
+    assert not [c for c in hook.trainer.calls if c[0] == "restore"]  # once, when correction starts

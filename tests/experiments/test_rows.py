@@ -1,0 +1,133 @@
+"""Rows that share their past: every start rule's branch ends exactly where the row trained alone
+ends (bitwise, on CPU), and a plan that cannot be honoured is refused."""
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+
+EPOCHS = 4  # ADELE with horizon 2 fires at epoch 2 at the earliest: its first correction epoch is 3
+
+
+def _row_cfg(out, rule, cloning="never", *opts):
+    return tiny_config(out, "SISSI.START_RULE", rule, "SISSI.CLONING.MODE", cloning, "SISSI.ADELE.TRACK", "True",
+                       "SISSI.ADELE.HORIZON", "2", "SISSI.ADELE.MIN_POINTS", "2", "SISSI.EPOCHS", str(EPOCHS),
+                       "SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)", "SISSI.SOURCE_VAL.PATIENCE", "1", "SEED", "5",
+                       *opts)
+
+
+@pytest.fixture
+def scripted_signals(monkeypatch):
+    """The two start signals follow a fixed script per epoch, so that every rule fires within the
+    tiny runs (a tiny model's own AP50 is 0 and its loss only falls): AP50 saturates (ADELE fires
+    at epoch 2) and the source loss is lowest at epoch 1 (with patience 1 the rule fires at 2)."""
+    from sissi_d2.engine.hooks import MemorisationHook, SourceValLossHook
+
+    ap50 = [0.10, 0.18, 0.20, 0.20, 0.20]
+    losses = [1.0, 0.5, 0.7, 0.6, 0.65]
+    monkeypatch.setattr(MemorisationHook, "weak_ap50", lambda self: ap50[len(self.detector.ap50)])
+    monkeypatch.setattr(SourceValLossHook, "validation_loss", lambda self: losses[len(self.history)])
+
+
+def _alone(cfg):
+    from sissi_d2.engine.trainer import SISSITrainer
+
+    trainer = SISSITrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def _assert_same_weights(trainer, path):
+    saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+
+
+ROWS = {  # key -> (rule, cloning, extra options, expected branch epoch or None when trained alone)
+    "epoch0": ("epoch:0", "on_correction", (), None),
+    "epoch2": ("epoch:2", "on_correction", (), 2),
+    "adele": ("adele", "on_correction", (), 3),
+    "val": ("source_val_loss", "never", (), 2),
+    "val_p0": ("source_val_loss", "never", ("SISSI.SOURCE_VAL.PATIENCE", "0"), None),
+}
+
+
+def test_every_rule_branch_equals_the_row_trained_alone(tiny_datasets, tmp_path, scripted_signals):
+    from sissi_d2.experiments.rows import run_rows
+
+    rows = {"weak_only": _row_cfg(tmp_path / "weak", "never"),
+            "late": _row_cfg(tmp_path / "late", "epoch:9")}
+    rows.update({k: _row_cfg(tmp_path / k, rule, cloning, *opts) for k, (rule, cloning, opts, _) in ROWS.items()})
+    summary = run_rows(rows, trunk="weak_only")
+    assert summary["late"]["same_as"] == "weak_only"
+    assert summary["val"]["plan"] == {"start_epoch": 2, "restore_epoch": 1}
+    assert summary["val_p0"]["plan"] == {"start_epoch": 0, "restore_epoch": 0}  # fires at once
+    assert summary["epoch0"]["plan"]["start_epoch"] == 0
+    for key, (rule, cloning, opts, branch) in ROWS.items():
+        assert summary[key]["branched_from_epoch"] == branch, key
+        if branch is None:
+            continue  # run_rows trained it alone already
+        alone = _alone(_row_cfg(tmp_path / f"{key}_alone", rule, cloning, *opts))
+        _assert_same_weights(alone, tmp_path / key / "model_final.pth")
+        if rule == "source_val_loss":
+            assert alone.start_rule.fired_epoch == summary[key]["plan"]["start_epoch"], key
+    assert (tmp_path / "epoch2" / "model_0000003.pth").exists()  # trunk checkpoint at the end of epoch 1
+
+
+def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_path, scripted_signals):
+    from sissi_d2.experiments.rows import past_differences, run_rows
+
+    never = _row_cfg(tmp_path / "a", "never")
+    assert past_differences(_row_cfg(tmp_path / "b", "epoch:1", "always"), never) == ["SISSI.CLONING.MODE"]
+    assert past_differences(_row_cfg(tmp_path / "b", "epoch:1", "on_correction", "SISSI.CLONING.BLUR", "weak"),
+                            never) == []
+    rows = {"trunk": _row_cfg(tmp_path / "trunk", "never", "always"),
+            "always": _row_cfg(tmp_path / "always", "epoch:2", "always")}
+    summary = run_rows(rows, trunk="trunk")
+    assert summary["always"]["branched_from_epoch"] == 2
+    _assert_same_weights(_alone(_row_cfg(tmp_path / "always_alone", "epoch:2", "always")),
+                         tmp_path / "always" / "model_final.pth")
+
+
+def test_a_plan_the_trunk_cannot_honour_is_refused(tiny_datasets, tmp_path):
+    from sissi_d2.experiments.rows import run_rows
+
+    untracked = tiny_config(tmp_path / "t", "SISSI.START_RULE", "never", "SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)",
+                            "SEED", "5")
+    adele = tiny_config(tmp_path / "a", "SISSI.START_RULE", "adele", "SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)",
+                        "SEED", "5")
+    with pytest.raises(ValueError, match="SISSI.ADELE.TRACK"):
+        run_rows({"trunk": untracked, "adele": adele}, trunk="trunk")
+
+    other_horizon = _row_cfg(tmp_path / "h", "adele", "never", "SISSI.ADELE.HORIZON", "3")
+    with pytest.raises(ValueError, match="SISSI.ADELE.HORIZON"):
+        run_rows({"trunk": _row_cfg(tmp_path / "t2", "never"), "adele": other_horizon}, trunk="trunk")
+    assert not (tmp_path / "t" / "last_checkpoint").exists()  # refused before anything trained
+
+
+def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
+    import json
+
+    from sissi_d2.experiments.rows import check_row_settings
+
+    cfg = _row_cfg(tmp_path / "row", "never")
+    check_row_settings(cfg)
+    check_row_settings(_row_cfg(tmp_path / "row", "never"))  # same settings: reused silently
+    moved = _row_cfg(tmp_path / "row", "never")
+    moved.defrost()
+    moved.OUTPUT_DIR = str(tmp_path / "row")  # OUTPUT_DIR itself is not a setting
+    check_row_settings(moved)
+    other = _row_cfg(tmp_path / "row", "never", "never", "SOLVER.BASE_LR", "0.5")
+    with pytest.raises(ValueError, match=r"SOLVER\.BASE_LR.*Use another output folder"):
+        check_row_settings(other)
+    recorded = json.loads((tmp_path / "row" / "sissi" / "row_settings.json").read_text())
+    assert recorded["SISSI.START_RULE"] == "never" and "OUTPUT_DIR" not in recorded
+
+    # a folder trained before settings were recorded: warned about, then recorded
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "last_checkpoint").write_text("model_0000001.pth")
+    with caplog.at_level("WARNING"):
+        check_row_settings(_row_cfg(legacy, "never"))
+    assert "no record of its settings" in caplog.text
+    assert (legacy / "sissi" / "row_settings.json").exists()

@@ -28,6 +28,10 @@ def add_sissi_config(cfg):
     # Training length in epochs; one epoch is one pass over the target training set.
     # SOLVER.MAX_ITER is derived from it (and SOLVER.STEPS may be given as epoch fractions).
     _C.SISSI.EPOCHS = 30
+    # Each target image is drawn this many times per epoch (with INPUT.CROP, a different part
+    # each time), so that an epoch holds enough iterations to outweigh the per-epoch checks
+    # (memorisation AP50, pseudo-labelling) when crops make iterations cheap. 1 = the paper.
+    _C.SISSI.TARGET_REPEATS = 1
     # Save a checkpoint every N epochs (the last one is always kept for --resume).
     _C.SISSI.CHECKPOINT_EVERY_EPOCHS = 1
 
@@ -82,6 +86,9 @@ def add_sissi_config(cfg):
     _C.SISSI.ADELE.MIN_POINTS = 4  # AP50 values needed before a fit is trusted
     # Run the memorisation check (and write memorisation.json) whatever the start rule.
     _C.SISSI.ADELE.TRACK = False
+    # Beyond the paper: "running_max" fits the running maximum of the AP50 curve, so a single
+    # noisy dip of a weak CPU detector cannot fire the rule ("raw" = the paper).
+    _C.SISSI.ADELE.CURVE = "raw"
     _C.SISSI.SOURCE_VAL = CN()
     # epochs without a new lowest source validation loss before correction starts from the
     # best checkpoint (the paper's Baseline)
@@ -100,6 +107,11 @@ def add_sissi_config(cfg):
     _C.SISSI.PSEUDO.NMS_THRESH = 0.2
     _C.SISSI.PSEUDO.TOPK = 200
     _C.SISSI.PSEUDO.BATCH_SIZE = 4  # views per forward pass
+    # Deviation from the paper (0 = the paper): the image's INITIAL weak labels vote in the
+    # fusion as one more view of this weight (score 1), so a pseudo-label must agree with the
+    # image evidence of the weak labels or with confident model votes; a brake on the
+    # self-training runaway measured in docs/experiments.md. See algorithms.wbf.fuse_views.
+    _C.SISSI.PSEUDO.WEAK_LABEL_WEIGHT = 0.0
 
     # ---- evaluation ----
     _C.SISSI.EVAL = CN()

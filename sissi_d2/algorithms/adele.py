@@ -20,6 +20,16 @@ which reproduce the authors' code:
 * fire when the current epoch >= update_epoch, re-estimated every epoch until it fires, then
   latched.
 
+Why it fired: the estimated update epoch is at most ``horizon``; it equals ``horizon`` when the
+fitted slope never fell by ``threshold`` within the horizon, so firing there is *forced by the
+horizon*, not a detected deceleration. The detector records ``fired_by`` = "deceleration"
+(update epoch < horizon) or "horizon" so that reports never call forcing a detection.
+
+Beyond the paper (option, off by default): ``curve="running_max"`` fits the running maximum of
+the AP50 values instead of the raw values. A from-scratch CPU detector's per-epoch AP50 is
+noisy; a single dip (e.g. 9.5 % -> 4.9 %) bends the raw fit flat and fires on noise. The running
+maximum ignores dips and only decelerates when the curve really stops rising.
+
 ``estimate_update_epoch`` fits whatever it is given (scipy's bounded "trf" solver accepts even
 one or two points, and the method.md regression fixture lists update epochs for such prefixes);
 the guard against trusting a fit on too few points (``min_points``) lives in the
@@ -148,10 +158,22 @@ class MemorisationDetector:
     update_epochs: list = field(default_factory=list)
     fit_params: list = field(default_factory=list)
     fired_epoch: Optional[int] = None
+    curve: str = "raw"
+    fired_by: Optional[str] = None
+
+    CURVES = ("raw", "running_max")
 
     def __post_init__(self):
         if int(self.horizon) < 2:
             raise ValueError(f"horizon must be >= 2, got {self.horizon}")
+        if self.curve not in self.CURVES:
+            raise ValueError(f"curve must be one of {self.CURVES}, got {self.curve!r}")
+
+    def fitted_values(self) -> list:
+        """The values the curve is fitted to: the AP50 values, or their running maximum."""
+        if self.curve == "running_max" and self.ap50:
+            return [float(v) for v in np.maximum.accumulate(np.asarray(self.ap50, dtype=np.float64))]
+        return list(self.ap50)
 
     @property
     def fired(self) -> bool:
@@ -172,7 +194,7 @@ class MemorisationDetector:
             self.update_epochs.append(None)
             self.fit_params.append(None)
             return True
-        params = fit_learning_curve(self.ap50) if len(self.ap50) >= self.min_points else None
+        params = fit_learning_curve(self.fitted_values()) if len(self.ap50) >= self.min_points else None
         update_epoch = (
             None if params is None
             else _update_epoch_from_params(params, int(self.horizon), float(self.threshold))
@@ -181,6 +203,7 @@ class MemorisationDetector:
         self.update_epochs.append(update_epoch)
         if update_epoch is not None and epoch >= update_epoch:
             self.fired_epoch = epoch
+            self.fired_by = "deceleration" if update_epoch < int(self.horizon) else "horizon"
         return self.fired
 
     def state_dict(self) -> dict:
@@ -194,6 +217,8 @@ class MemorisationDetector:
             "update_epochs": [None if u is None else int(u) for u in self.update_epochs],
             "fit_params": [None if p is None else [float(v) for v in p] for p in self.fit_params],
             "fired_epoch": None if self.fired_epoch is None else int(self.fired_epoch),
+            "fired_by": self.fired_by,
+            "curve": self.curve,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -209,3 +234,8 @@ class MemorisationDetector:
         ]
         fired = state["fired_epoch"]
         self.fired_epoch = None if fired is None else int(fired)
+        self.curve = state.get("curve", "raw")  # snapshots from before the option existed
+        self.fired_by = state.get("fired_by")
+        if self.fired_epoch is not None and self.fired_by is None:
+            update = self.update_epochs[self.epochs.index(self.fired_epoch)]
+            self.fired_by = "deceleration" if update is not None and update < self.horizon else "horizon"

@@ -69,6 +69,8 @@ def fuse_views(
     score_thresh: float = 0.25,
     nms_thresh: Optional[float] = 0.2,
     topk: Optional[int] = 200,
+    anchor_boxes=None,
+    anchor_weight: float = 0.0,
 ):
     """Fuse per-view detections (absolute XYXY in the original HxW frame) into one set.
 
@@ -78,6 +80,14 @@ def fuse_views(
         height, width: size of the original image.
         nms_thresh: IoU of the final NMS; None disables it.
         topk: number of boxes kept, highest score first; None keeps all.
+        anchor_boxes, anchor_weight: optional Nx4 boxes (the image's initial weak labels) that
+            vote as one more view of weight ``anchor_weight`` with score 1 (a deviation from the
+            paper, which fuses the model's views only; 0 = the paper). With views of weight 1,
+            a fused box scores (sum of its views' scores + anchor_weight if a weak box joins
+            it) / (T + anchor_weight): a cell the weak labels missed needs the model's
+            confident votes, a weak box the model never confirms scores
+            anchor_weight / (T + anchor_weight), and the weak box pulls the fused corners, so
+            the labels cannot drift away from the image evidence round after round.
 
     Returns:
         (boxes Nx4 float32 absolute XYXY, scores N float32), sorted by decreasing score.
@@ -88,6 +98,14 @@ def fuse_views(
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if conf_type not in _CONF_TYPES:
         raise ValueError(f"unknown conf_type {conf_type!r}; expected one of {_CONF_TYPES}")
+    weights = [1.0] * len(boxes_list)
+    if anchor_weight > 0 and anchor_boxes is not None:
+        anchor = np.asarray(anchor_boxes, dtype=np.float64).reshape(-1, 4)
+        boxes_list = list(boxes_list) + [anchor]
+        scores_list = list(scores_list) + [np.ones(len(anchor))]
+        weights.append(float(anchor_weight))
+    elif anchor_weight < 0:
+        raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
     if len(boxes_list) == 0:
         return _empty()
 
@@ -105,7 +123,7 @@ def fuse_views(
         norm_boxes,
         norm_scores,
         labels,
-        weights=None,
+        weights=weights,
         iou_thr=iou_thr,
         skip_box_thr=skip_box_thr,
         conf_type=conf_type,

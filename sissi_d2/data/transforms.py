@@ -121,12 +121,18 @@ class RandomChannelShuffle(T.Augmentation):
 
 
 def build_sissi_augmentations(cfg, is_train: bool) -> list:
-    """Resize (Detectron2's INPUT settings) followed, in training, by the paper's augmentations."""
+    """Resize (Detectron2's INPUT settings), in training an optional crop (INPUT.CROP), then the
+    paper's augmentations."""
     if is_train:
         augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                      cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
     else:
         return [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")]
+    if cfg.INPUT.CROP.ENABLED:
+        # Crop AFTER the resize (Detectron2's own mapper crops before it): the model trains at
+        # the test resolution on a part of the image, so a CPU iteration costs the crop's
+        # pixels, not the whole image's, while cells keep the size they have at test time.
+        augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     aug = cfg.SISSI.AUG
     if aug.HFLIP_PROB > 0:
         augs.append(T.RandomFlip(prob=aug.HFLIP_PROB, horizontal=True, vertical=False))

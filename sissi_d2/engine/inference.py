@@ -39,7 +39,7 @@ def fusion_kwargs(cfg) -> dict:
     return dict(
         iou_thr=p.WBF_IOU_THR, skip_box_thr=p.WBF_SKIP_BOX_THR, conf_type=p.WBF_CONF_TYPE,
         min_view_score=p.MIN_VIEW_SCORE, score_thresh=p.SCORE_THRESH, nms_thresh=p.NMS_THRESH,
-        topk=p.TOPK,
+        topk=p.TOPK, anchor_weight=p.WEAK_LABEL_WEIGHT,
     )
 
 
@@ -125,9 +125,11 @@ class RecordPredictor:
         if group:
             yield from flush()
 
-    def fuse(self, per_view, height: int, width: int):
-        """WBF of one image's per-view (boxes, scores) with the pseudo-label settings."""
-        return fuse_views([b for b, _ in per_view], [s for _, s in per_view], height, width, **self.fusion)
+    def fuse(self, per_view, height: int, width: int, anchor_boxes=None):
+        """WBF of one image's per-view (boxes, scores) with the pseudo-label settings; the
+        image's weak labels vote too when SISSI.PSEUDO.WEAK_LABEL_WEIGHT > 0."""
+        return fuse_views([b for b, _ in per_view], [s for _, s in per_view], height, width,
+                          anchor_boxes=anchor_boxes, **self.fusion)
 
     def predict_views(self, model, image: np.ndarray, views=None):
         """Per view: (boxes in the original frame, scores)."""
@@ -138,7 +140,7 @@ class RecordPredictor:
         return self.fuse(self.predict_views(model, image), height, width)
 
     def _sharded(self, model, records, views, combine, desc):
-        """combine(per-view outputs, height, width) -> (boxes, scores) for each record, computed
+        """combine(key, per-view outputs, height, width) -> (boxes, scores) for each record, computed
         on this rank's shard of the records and gathered on every rank."""
         rank, world = comm.get_rank(), comm.get_world_size()
         mine = records[rank::world]
@@ -147,7 +149,7 @@ class RecordPredictor:
             tagged = ((image_key(r), read_bgr8(r["file_name"]))
                       for r in progress(mine, desc=desc, disable=not comm.is_main_process()))
             for key, height, width, per_view in self.predict_images(net, tagged, views):
-                boxes, scores = combine(per_view, height, width)
+                boxes, scores = combine(key, per_view, height, width)
                 local[key] = (np.asarray(boxes, np.float32).reshape(-1, 4).tolist(),
                               np.asarray(scores, np.float32).reshape(-1).tolist())
         merged = {}
@@ -157,9 +159,14 @@ class RecordPredictor:
 
     def plain_predictions(self, model, records, desc="inference"):
         """file basename -> (boxes, scores) of plain single-view inference, on every rank."""
-        return self._sharded(model, records, [IDENTITY_VIEW], lambda per_view, h, w: per_view[0], desc)
+        return self._sharded(model, records, [IDENTITY_VIEW], lambda key, per_view, h, w: per_view[0], desc)
 
-    def pseudo_labels(self, model, records, desc="pseudo-labels"):
-        """file basename -> fused (boxes, scores) of all TTA views, on every rank."""
-        return self._sharded(model, records, self.views, self.fuse, desc)
+    def pseudo_labels(self, model, records, desc="pseudo-labels", weak_boxes=None):
+        """file basename -> fused (boxes, scores) of all TTA views, on every rank.
+        ``weak_boxes`` (file basename -> Nx4) are the initial weak labels that vote in the
+        fusion when SISSI.PSEUDO.WEAK_LABEL_WEIGHT > 0."""
+        weak_boxes = weak_boxes or {}
+        return self._sharded(
+            model, records, self.views,
+            lambda key, per_view, h, w: self.fuse(per_view, h, w, anchor_boxes=weak_boxes.get(key)), desc)
 

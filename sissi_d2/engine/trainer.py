@@ -66,7 +66,11 @@ class SISSITrainer(DefaultTrainer):
         self.n_target = per_rank_batch(cfg.SISSI.IMS_PER_BATCH_TARGET, world, "SISSI.IMS_PER_BATCH_TARGET")
         self.source_records = get_detection_dataset_dicts(list(cfg.SISSI.SOURCE_DATASETS), filter_empty=False)
         self.initial_target_records = get_detection_dataset_dicts(list(cfg.SISSI.TARGET_DATASETS), filter_empty=False)
-        self.iters_per_epoch = iters_per_epoch(len(self.initial_target_records), cfg.SISSI.IMS_PER_BATCH_TARGET)
+        self.target_repeats = int(cfg.SISSI.TARGET_REPEATS)
+        if self.target_repeats < 1:
+            raise ValueError(f"SISSI.TARGET_REPEATS={self.target_repeats}: must be >= 1")
+        self.iters_per_epoch = iters_per_epoch(len(self.initial_target_records) * self.target_repeats,
+                                               cfg.SISSI.IMS_PER_BATCH_TARGET)
 
         cfg = cfg.clone()
         cfg.defrost()
@@ -129,7 +133,7 @@ class SISSITrainer(DefaultTrainer):
         self.close_loader()
         cfg = self.cfg
         self._loader = TwoSourceLoader.for_epoch(
-            self.source_records, list(target_records),
+            self.source_records, list(target_records) * self.target_repeats,
             build_mapper(cfg, "source", True), build_mapper(cfg, "target", True, cloning=cloning),
             source_batch_total=cfg.SISSI.IMS_PER_BATCH_SOURCE, target_batch_total=cfg.SISSI.IMS_PER_BATCH_TARGET,
             seed=_seed(cfg), epoch=epoch, start_batch=start_batch, num_workers=cfg.DATALOADER.NUM_WORKERS,

@@ -139,3 +139,60 @@ def test_state_round_trip_through_json():
     state = json.loads(json.dumps(restored.state_dict()))
     assert state["fired_epoch"] == 9
     assert state["update_epochs"][9] == 9
+
+
+def test_fired_by_deceleration_on_the_paper_fixture():
+    detector = MemorisationDetector(horizon=HORIZON, threshold=0.9, min_points=4)
+    for epoch, value in enumerate(AP50[:10]):
+        detector.observe(epoch, value)
+    assert detector.fired_epoch == 9
+    assert detector.update_epochs[9] < HORIZON
+    assert detector.fired_by == "deceleration"
+    assert detector.state_dict()["fired_by"] == "deceleration"
+
+
+def test_fired_by_horizon_when_the_curve_never_decelerates():
+    # A straight rising line never loses 90 % of its slope: the update epoch is the horizon
+    # itself, and firing there is forced, not detected.
+    detector = MemorisationDetector(horizon=8, min_points=4)
+    fired = [detector.observe(e, 0.02 + 0.03 * e) for e in range(12)]
+    assert detector.update_epochs[4] == 8
+    assert fired.index(True) == 8
+    assert detector.fired_by == "horizon"
+
+
+def test_running_max_curve_ignores_a_noisy_dip():
+    # The 320 px probe (shared/docs/probes.md): a still-rising curve with one dip at epoch 6
+    # fires the raw rule there; its running maximum does not decelerate.
+    noisy = [0.005, 0.005, 0.039, 0.041, 0.065, 0.095, 0.049]
+    raw = MemorisationDetector(horizon=60, min_points=6)
+    robust = MemorisationDetector(horizon=60, min_points=6, curve="running_max")
+    for epoch, value in enumerate(noisy):
+        raw.observe(epoch, value)
+        robust.observe(epoch, value)
+    assert raw.fired_epoch == 6 and raw.fired_by == "deceleration"
+    assert robust.fired_epoch is None
+    assert robust.fitted_values()[-1] == 0.095
+
+
+def test_running_max_equals_raw_on_a_monotone_curve():
+    mono = list(np.maximum.accumulate(AP50))
+    a = MemorisationDetector(horizon=HORIZON)
+    b = MemorisationDetector(horizon=HORIZON, curve="running_max")
+    for epoch, value in enumerate(mono):
+        a.observe(epoch, value)
+        b.observe(epoch, value)
+    assert a.update_epochs == b.update_epochs and a.fired_epoch == b.fired_epoch
+
+
+def test_unknown_curve_and_old_state_without_fired_by():
+    with pytest.raises(ValueError, match="curve"):
+        MemorisationDetector(horizon=HORIZON, curve="smooth")
+    detector = MemorisationDetector(horizon=HORIZON)
+    for epoch, value in enumerate(AP50[:10]):
+        detector.observe(epoch, value)
+    state = detector.state_dict()
+    del state["fired_by"], state["curve"]  # a snapshot written before the option existed
+    restored = MemorisationDetector(horizon=2)
+    restored.load_state_dict(state)
+    assert restored.fired_by == "deceleration" and restored.curve == "raw"

@@ -173,3 +173,38 @@ def test_clean_view_boxes():
         [0.5, 0.5, 0.5, 0.01], 50, 50)
     assert boxes.tolist() == [[10, 20, 30, 40], [0, 0, 5, 5]]
     assert scores.tolist() == [0.5, 0.5]
+
+
+def test_weak_label_anchor_votes_as_one_weighted_view():
+    # T = 4 views, anchor weight 2: fused score = (sum of view scores + 2 if a weak box joins)
+    # / (4 + 2).
+    cell = np.array([[10.0, 10.0, 30.0, 30.0]])
+    missed = np.array([[60.0, 60.0, 80.0, 80.0]])  # found by the model only
+    weak_only = np.array([[10.0, 60.0, 30.0, 80.0]])  # in the weak labels only
+    views_b = [np.concatenate([cell, missed])] * 4
+    views_s = [np.array([0.9, 0.6])] * 4
+    anchor = np.concatenate([cell + 2.0, weak_only])
+    kw = dict(iou_thr=0.5, skip_box_thr=0.0, min_view_score=0.0, score_thresh=0.0, nms_thresh=None, topk=None)
+    boxes, scores = fuse_views(views_b, views_s, 100, 100, anchor_boxes=anchor, anchor_weight=2.0, **kw)
+    def score_at(x, y):
+        return [float(sc) for bx, sc in zip(boxes, scores) if abs(bx[0] - x) < 5 and abs(bx[1] - y) < 5]
+
+    np.testing.assert_allclose(score_at(10, 10), [(4 * 0.9 + 2) / 6], rtol=1e-5)  # both agree
+    np.testing.assert_allclose(score_at(60, 60), [4 * 0.6 / 6], rtol=1e-5)  # model only
+    np.testing.assert_allclose(score_at(10, 60), [2 / 6], rtol=1e-5)  # weak labels only
+    # The weak box pulls the fused corners by its weight (score 1 x weight 2 vs 4 x 0.9).
+    fused_cell = [bx for bx in boxes if bx[1] < 40 and bx[0] < 40][0]
+    np.testing.assert_allclose(fused_cell[0], (4 * 0.9 * 10 + 2 * 12) / (4 * 0.9 + 2), rtol=1e-4)
+
+
+def test_zero_anchor_weight_is_the_paper():
+    rng = np.random.default_rng(0)
+    views_b = [np.sort(rng.uniform(0, 100, (6, 4)).reshape(6, 2, 2), axis=1).transpose(0, 2, 1).reshape(6, 4)
+               for _ in range(3)]
+    views_s = [rng.uniform(0.3, 1.0, 6) for _ in range(3)]
+    plain = fuse_views(views_b, views_s, 100, 100)
+    anchored = fuse_views(views_b, views_s, 100, 100, anchor_boxes=views_b[0], anchor_weight=0.0)
+    np.testing.assert_array_equal(plain[0], anchored[0])
+    np.testing.assert_array_equal(plain[1], anchored[1])
+    with pytest.raises(ValueError, match="anchor_weight"):
+        fuse_views(views_b, views_s, 100, 100, anchor_boxes=views_b[0], anchor_weight=-1.0)

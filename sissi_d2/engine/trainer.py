@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.mappers import SISSISourceMapper, build_mapper, cloning_blur
 from ..data.two_source import TwoSourceLoader, iters_per_epoch, per_rank_batch
 from ..evaluation.evaluator import CellBoxEvaluator
+from ..utils.disk import DiskBudgetError, check_run_fits, stop_cleanly_on_full_disk
 from .checkpoint import AtomicCheckpointer
 from .hooks import LabelCorrectionHook, MemorisationHook, SourceValLossHook
 from .start_rules import MEMORISATION, build_start_rule, recorded_signals
@@ -95,7 +96,8 @@ class SISSITrainer(DefaultTrainer):
         self._trainer = SimpleTrainer(model, [], optimizer)
         self._loader = None
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, keep_last=int(cfg.SISSI.DISK.KEEP_LAST),
+                                               trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
 
@@ -204,8 +206,19 @@ class SISSITrainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
     def train(self):
+        # Refuse to start what cannot fit on the disk (rank 0 measures, every rank stops together).
+        problem = None
+        if comm.is_main_process():
+            try:
+                check_run_fits(self.cfg, self.model, len(self.initial_target_records))
+            except DiskBudgetError as e:
+                problem = str(e)
+        problem = comm.all_gather(problem)[0] if comm.get_world_size() > 1 else problem
+        if problem:
+            raise DiskBudgetError(problem)
         try:
-            return super().train()
+            with stop_cleanly_on_full_disk(self.cfg.OUTPUT_DIR):
+                return super().train()
         except FloatingPointError as e:
             last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
             raise FloatingPointError(

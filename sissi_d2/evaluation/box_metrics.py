@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["coco_box_metrics", "METRIC_KEYS"]
+__all__ = ["coco_box_metrics", "label_set_f1", "METRIC_KEYS"]
 
 METRIC_KEYS = ("AP50", "AP75", "AP", "AR")
 
@@ -89,3 +89,34 @@ def coco_box_metrics(
          "AP75": 100.0 * max(float(stats[2]), 0.0), "AR": 100.0 * max(float(stats[8]), 0.0)}
     )
     return result
+
+
+def label_set_f1(gt: Mapping[object, Sequence], labels: Mapping[object, object], iou_thr: float = 0.5) -> dict:
+    """Precision / recall / F1 (percent) of a LABEL SET at IoU ``iou_thr``, scores ignored.
+
+    Training uses every label alike, whatever its score, so a label set is judged by what it
+    holds: one-to-one matching per image (Hungarian on IoU, pairs below ``iou_thr`` unmatched),
+    TP / FP / FN pooled over the images of ``gt``. AP would instead reward a good ranking of the
+    labels, which training never sees. ``labels``: key -> boxes or (boxes, scores).
+    """
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_iou
+    import torch
+
+    tp = fp = fn = 0
+    for key, true_boxes in gt.items():
+        t = _as_boxes(true_boxes)
+        got = labels.get(key, np.zeros((0, 4)))
+        p = _as_boxes(got[0] if isinstance(got, tuple) else got)
+        matched = 0
+        if len(t) and len(p):
+            iou = box_iou(torch.as_tensor(t), torch.as_tensor(p)).numpy()
+            rows, cols = linear_sum_assignment(-iou)
+            matched = int(np.count_nonzero(iou[rows, cols] >= iou_thr))
+        tp += matched
+        fp += len(p) - matched
+        fn += len(t) - matched
+    precision = 100.0 * tp / max(tp + fp, 1)
+    recall = 100.0 * tp / max(tp + fn, 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+    return {"precision50": precision, "recall50": recall, "F1_50": f1, "labels": tp + fp}

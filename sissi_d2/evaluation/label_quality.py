@@ -13,7 +13,7 @@ import os
 import re
 
 from ..data.label_files import read_label_json
-from .box_metrics import coco_box_metrics
+from .box_metrics import coco_box_metrics, label_set_f1
 
 __all__ = ["snapshot_paths", "pseudo_label_quality"]
 
@@ -31,7 +31,11 @@ def snapshot_paths(output_dir: str) -> list:
 
 
 def pseudo_label_quality(gt: dict, output_dir: str, max_dets: int = 400) -> list:
-    """[{"epoch": e, "AP50": .., "AP75": .., "AP": .., "AR": .., "num_gt", "num_pred"}] of every
+    """[{"epoch": e, "AP50": .., "AP75": .., "AP": .., "AR": .., "num_gt", "num_pred", "precision50",
+    "recall50", "F1_50"}] of every
     snapshot of the run in ``output_dir`` against ``gt`` (file basename -> true XYXY boxes)."""
-    return [dict(epoch=epoch, **coco_box_metrics(gt, read_label_json(path), max_dets=max_dets))
-            for epoch, path in snapshot_paths(output_dir)]
+    out = []
+    for epoch, path in snapshot_paths(output_dir):
+        labels = read_label_json(path)
+        out.append(dict(epoch=epoch, **coco_box_metrics(gt, labels, max_dets=max_dets), **label_set_f1(gt, labels)))
+    return out

@@ -25,6 +25,8 @@ import shutil
 import torch
 
 from ..engine.start_rules import MEMORISATION, SIGNAL_SETTINGS, SOURCE_VAL, build_start_rule, recorded_signals
+from ..engine.checkpoint import prune_checkpoints, protect_branch_checkpoints
+from ..utils.disk import check_rows_fit
 from ..utils.atomic import atomic_open, atomic_write_json
 
 __all__ = ["run_rows", "past_differences", "same_past", "signal_mismatch", "check_row_settings", "row_settings"]
@@ -40,6 +42,9 @@ _SIGNAL_KEYS = {
     SOURCE_VAL: ("SISSI.SOURCE_VAL_DATASETS", "SISSI.SOURCE_VAL.MAX_IMAGES"),
 }
 _CLONING = "SISSI.CLONING."
+# Pseudo-label settings act only once correction starts (the memorisation check runs the
+# identity view alone, and its boxes do not depend on PSEUDO.BATCH_SIZE).
+_PSEUDO = "SISSI.PSEUDO."
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -68,12 +73,13 @@ def past_differences(row_cfg, trunk_cfg) -> list:
 
     Compared: everything but the start rule and its patience, the memorisation check's settings
     (a record, compared by :func:`signal_mismatch`) and, unless one of them clones from the first
-    epoch (``CLONING.MODE always``), the cloning settings."""
+    epoch (``CLONING.MODE always``), the cloning settings; pseudo-label settings never."""
     a, b = row_settings(row_cfg), row_settings(trunk_cfg)
     ignored = set(_ROW_ONLY) | set(_SIGNAL_KEYS[MEMORISATION])
     cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)
     return sorted(k for k in set(a) | set(b)
-                  if k not in ignored and (cloning_matters or not k.startswith(_CLONING)) and a.get(k) != b.get(k))
+                  if k not in ignored and not k.startswith(_PSEUDO) and (cloning_matters or not k.startswith(_CLONING))
+                  and a.get(k) != b.get(k))
 
 
 def same_past(cfg_a, cfg_b) -> bool:
@@ -155,11 +161,13 @@ class _Runner:
             from ..engine.trainer import SISSITrainer as trainer_cls
         self.trainer_cls, self.hooks = trainer_cls, hooks
 
-    def train(self, key: str, cfg):
+    def train(self, key: str, cfg, before_train=None):
         check_row_settings(cfg)
         trainer = self.trainer_cls(cfg)
         if self.hooks is not None:
             trainer.register_hooks(self.hooks(key, trainer))
+        if before_train is not None:
+            before_train(trainer)
         trainer.resume_or_load(resume=True)
         if trainer.start_iter < trainer.max_iter:
             trainer.train()
@@ -197,8 +205,11 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
             why = signal_mismatch(cfg, trunk_cfg)
             if why:
                 raise ValueError(f"row {key!r} cannot branch from the trunk {trunk!r}: {why}")
+    check_rows_fit(rows, trunk)
+    branching = [c for k, c in rows.items() if k != trunk and not past_differences(c, trunk_cfg)]
     logger.info("Rows: training the trunk %r in %s", trunk, trunk_cfg.OUTPUT_DIR)
-    trunk_trainer = runner.train(trunk, trunk_cfg)
+    # The trunk keeps the checkpoints its branches may start from until every row has branched.
+    trunk_trainer = runner.train(trunk, trunk_cfg, before_train=lambda t: protect_branch_checkpoints(t, branching))
     ipe = trunk_trainer.iters_per_epoch
     trunk_state = json.loads(json.dumps(trunk_trainer.state_dict()["hooks"]))
     recorded = recorded_signals(trunk_cfg)
@@ -235,4 +246,6 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
         entry["metrics"] = runner.evaluate(runner.train(key, cfg))
     for key, entry in summary.items():
         atomic_write_json(os.path.join(entry["output_dir"], "row.json"), {"row": key, **entry})
+    # Every row has branched: the trunk needs only what its own --resume needs.
+    prune_checkpoints(trunk_cfg.OUTPUT_DIR, int(trunk_cfg.SISSI.DISK.KEEP_LAST))
     return summary

@@ -48,3 +48,20 @@ def test_pseudo_label_quality_per_epoch_in_order(tmp_path):
     assert quality[1]["AR"] == pytest.approx(50.0)
     assert quality[1]["AP50"] < quality[0]["AP50"]
     assert pseudo_label_quality(truth, str(tmp_path / "no_run")) == []
+
+
+def test_label_set_f1_counts_one_to_one_matches_and_ignores_scores():
+    import numpy as np
+
+    from sissi_d2.evaluation.box_metrics import label_set_f1
+
+    truth = {"a": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], float)}
+    labels = {"a": (np.array([[0, 0, 10, 11], [1, 0, 10, 10], [20, 20, 30, 30], [70, 70, 80, 80]], float),
+                    np.array([0.1, 0.9, 0.2, 1.0]))}
+    m = label_set_f1(truth, labels)
+    # 2 true boxes matched once each (the duplicate is a false positive), 1 missed, 2 false
+    assert (m["precision50"], m["recall50"], m["labels"]) == (50.0, 100.0 * 2 / 3, 4)
+    assert abs(m["F1_50"] - 2 * 50 * (200 / 3) / (50 + 200 / 3)) < 1e-9
+    # scores do not matter; plain arrays are accepted; an image without labels is all misses
+    assert label_set_f1(truth, {"a": labels["a"][0]}) == m
+    assert label_set_f1(truth, {})["recall50"] == 0.0

@@ -71,7 +71,10 @@ def test_every_rule_branch_equals_the_row_trained_alone(tiny_datasets, tmp_path,
         _assert_same_weights(alone, tmp_path / key / "model_final.pth")
         if rule == "source_val_loss":
             assert alone.start_rule.fired_epoch == summary[key]["plan"]["start_epoch"], key
-    assert (tmp_path / "epoch2" / "model_0000003.pth").exists()  # trunk checkpoint at the end of epoch 1
+    assert summary["epoch2"]["plan"] == {"start_epoch": 2, "restore_epoch": None}
+    # once every row has branched, the trunk keeps what its own --resume needs (SISSI.DISK.KEEP_LAST 1)
+    kept = sorted(p.name for p in (tmp_path / "weak").glob("model_*.pth"))
+    assert kept == ["model_0000005.pth", "model_final.pth"], kept
 
 
 def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_path, scripted_signals):
@@ -131,3 +134,14 @@ def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
         check_row_settings(_row_cfg(legacy, "never"))
     assert "no record of its settings" in caplog.text
     assert (legacy / "sissi" / "row_settings.json").exists()
+
+
+def test_pseudo_label_settings_do_not_split_the_past(tmp_path):
+    from sissi_d2.experiments.rows import past_differences
+
+    trunk = _row_cfg(tmp_path / "t", "never")
+    row = _row_cfg(tmp_path / "r", "epoch:2", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.05",
+                   "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "2.0", "SISSI.PSEUDO.FLIPS", "('none',)")
+    assert past_differences(row, trunk) == []
+    other = _row_cfg(tmp_path / "o", "epoch:2", "never", "SOLVER.BASE_LR", "0.02")
+    assert past_differences(other, trunk) == ["SOLVER.BASE_LR"]

@@ -1,0 +1,263 @@
+"""The CPU recipe study (docs/experiments.md): every setting tried, as a named, re-runnable entry.
+
+An entry is one of
+* ``train``: a row trained from its config and overrides (``tools/train_net.py`` would train
+  the same weights);
+* ``branch``: a row that starts from a ``train`` entry's checkpoint at the end of epoch
+  ``start_epoch - 1`` with other correction settings (the same settings before that epoch, so
+  it equals training it alone; see experiments.rows);
+* ``fusion``: no training: the TTA views of a ``train`` entry's model at the end of epoch
+  ``at_epoch - 1`` on the target training images, fused with a grid of pseudo-label settings.
+
+Selection signals are the ones a user could have or the issue allows as analysis-only: the
+target training images' oracle masks (quality of the model's predictions and of every
+pseudo-label snapshot on the images it trains on). The test set is scored only for entries
+marked ``final`` (once, with ``tools/experiments.py test NAME``), never to choose settings.
+Results land in ``<output>/<entry>/study.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import namedtuple
+from dataclasses import dataclass, field
+
+__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "TRAIN_TRUTH", "RECIPE_V1"]
+
+logger = logging.getLogger(__name__)
+
+TRAIN_TRUTH = "usiigaci_train_oracle"  # analysis only: never read by training
+TEST_SET = "usiigaci_test"
+
+# Recipe v1: the lean CPU model at 512 px, trained on 320x320 crops of the 512 px image (the cost
+# of a 320 px iteration at the resolution of 512 px), 4 draws of every target image per epoch,
+# cosine LR after a 100-iteration warmup, the memorisation curve recorded on every row.
+RECIPE_V1 = [
+    "INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "[320, 320]",
+    "SISSI.TARGET_REPEATS", "4", "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "SOLVER.WARMUP_ITERS", "100",
+    "DATALOADER.NUM_WORKERS", "0", "SISSI.ADELE.TRACK", "True", "SISSI.ADELE.HORIZON", "0",
+    "SISSI.ADELE.MIN_POINTS", "4", "DATASETS.TEST", "()", "SISSI.SOURCE_VAL.MAX_IMAGES", "12",
+    "SISSI.EPOCHS", "20",
+]
+# Pseudo-labels for the study's branches: flips only at scale 1.0 (multi-scale views inflate the
+# boxes of this from-scratch detector 10-15 % per round, shared/docs/probes.md) and the low
+# thresholds whose first round came nearest to the weak labels in the probes.
+FLIP_VIEWS = [
+    "SISSI.PSEUDO.SCALES", "(1.0,)", "SISSI.PSEUDO.FLIPS", "('none', 'h', 'v', 'hv')",
+    "SISSI.PSEUDO.WBF_SKIP_BOX_THR", "0.05", "SISSI.PSEUDO.SCORE_THRESH", "0.05", "SISSI.PSEUDO.NMS_THRESH", "0.5",
+]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "train" | "branch" | "fusion"
+    why: str
+    config: str = ""  # train: config file relative to the repository root
+    opts: tuple = ()  # KEY VALUE overrides (branch: on top of the parent's)
+    parent: str = ""  # branch / fusion: the train entry it starts from
+    start_epoch: int = 0  # branch: first epoch with other settings; fusion: model after epoch - 1
+    final: bool = False  # scored once on the test set
+    grid: dict = field(default_factory=dict)  # fusion: setting -> values
+
+
+def _e(*a, **k):
+    a = tuple(tuple(x) if isinstance(x, list) else x for x in a)
+    if "opts" in k:
+        k["opts"] = tuple(k["opts"])
+    return Entry(*a, **k)
+
+
+_BRANCH = ["SISSI.START_RULE", "epoch:{e}"] + FLIP_VIEWS
+ENTRIES = [
+    _e("r1_weak_only", "train", "recipe v1 trunk on the weak labels", "configs/cpu/weak_only.yaml",
+       RECIPE_V1, final=True),
+    _e("r1_oracle", "train", "recipe v1 on the true labels (upper bound)", "configs/cpu/oracle.yaml",
+       RECIPE_V1, final=True),
+    _e("r1_fusion_e10", "fusion", "first-round pseudo-labels of the trunk at epoch 10: weak-label vote x threshold",
+       parent="r1_weak_only", start_epoch=10,
+       grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),
+    _e("r1_fusion_e20", "fusion", "the same on the trunk's final model", parent="r1_weak_only", start_epoch=20,
+       grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),
+    _e("r1_b10_plain", "branch", "plain self-training from epoch 10 (Plain A-like), flips only",
+       parent="r1_weak_only", start_epoch=10, opts=_BRANCH + ["SISSI.CLONING.MODE", "never"]),
+    _e("r1_b10_clone", "branch", "the paper's correction from epoch 10 (A+SISSI(S)-like), flips only",
+       parent="r1_weak_only", start_epoch=10, opts=_BRANCH + ["SISSI.CLONING.MODE", "on_correction"]),
+    _e("r1_b10_clone_vote", "branch", "A+SISSI(S)-like + the weak labels vote in the fusion (weight 2 of 6, threshold 0.35)",
+       parent="r1_weak_only", start_epoch=10,
+       opts=_BRANCH + ["SISSI.CLONING.MODE", "on_correction", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "2.0",
+                       "SISSI.PSEUDO.SCORE_THRESH", "0.35"]),
+]
+
+
+def entry(name: str) -> Entry:
+    for e in ENTRIES:
+        if e.name == name:
+            return e
+    raise KeyError(f"unknown study entry {name!r}; entries: {[e.name for e in ENTRIES]}")
+
+
+def _root() -> str:
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def entry_config(e: Entry, output: str, extra=()):
+    from ..config_builder import build_config
+
+    if e.kind == "train":
+        return build_config(os.path.join(_root(), e.config), list(e.opts) + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
+    parent = entry(e.parent)
+    opts = [o.format(e=e.start_epoch) for o in e.opts]
+    return build_config(os.path.join(_root(), parent.config),
+                        list(parent.opts) + opts + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
+
+
+def _weights_after(cfg_dir: str, epoch_end: int, ipe: int) -> str:
+    return os.path.join(cfg_dir, f"model_{(epoch_end + 1) * ipe - 1:07d}.pth")
+
+
+def _iters_per_epoch(cfg) -> int:
+    from detectron2.data import DatasetCatalog
+
+    from ..data.two_source import iters_per_epoch
+
+    n = sum(len(DatasetCatalog.get(d)) for d in cfg.SISSI.TARGET_DATASETS)
+    return iters_per_epoch(n * int(cfg.SISSI.TARGET_REPEATS), cfg.SISSI.IMS_PER_BATCH_TARGET)
+
+
+def _model_quality(cfg, model, truth) -> dict:
+    """Plain predictions of ``model`` on the target training images against their truth."""
+    from detectron2.data import DatasetCatalog
+
+    from ..engine.inference import RecordPredictor
+    from ..evaluation.box_metrics import coco_box_metrics
+
+    records = DatasetCatalog.get(cfg.SISSI.TARGET_DATASETS[0])
+    preds = RecordPredictor(cfg).plain_predictions(model, records, desc="model vs training truth")
+    return coco_box_metrics(truth, preds, max_dets=cfg.SISSI.EVAL.MAX_DETS)  # ranked detections: AP
+
+
+def _memorisation(out_dir: str) -> dict:
+    path = os.path.join(out_dir, "sissi", "memorisation.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        m = json.load(f)
+    return {k: m.get(k) for k in ("ap50", "update_epochs", "fired_epoch", "fired_by", "horizon")}
+
+
+def run_entry(name: str, output: str) -> dict:
+    """Run (or resume) one entry; returns and writes its ``study.json``."""
+    from ..engine.trainer import SISSITrainer
+    from ..data.label_files import read_label_json
+    from ..evaluation.box_metrics import label_set_f1
+    from .report import dataset_truth, training_label_quality
+    from .rows import _branch, check_row_settings
+
+    e = entry(name)
+    t0 = time.time()
+    truth = dataset_truth(TRAIN_TRUTH)
+    if e.kind == "fusion":
+        result = _fusion_sweep(e, output, truth)
+    else:
+        cfg = entry_config(e, output)
+        check_row_settings(cfg)
+        if e.kind == "branch" and not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+            parent_cfg = entry_config(entry(e.parent), output)
+            ipe = _iters_per_epoch(parent_cfg)
+            plan = namedtuple("Plan", "start_epoch restore_epoch")(e.start_epoch, None)
+            _branch(parent_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)
+        trainer = SISSITrainer(cfg)
+        trainer.resume_or_load(resume=True)
+        if trainer.start_iter < trainer.max_iter:
+            trainer.train()
+        weak_json = _weak_json(cfg)
+        quality = training_label_quality(truth, weak_json, {e.name: cfg.OUTPUT_DIR})
+        result = {"model_vs_training_truth": _model_quality(cfg, trainer.model, truth),
+                  "weak_labels_vs_training_truth": {**quality["weak_labels"], **label_set_f1(truth, read_label_json(weak_json))},
+                  "pseudo_labels_vs_training_truth": quality["pseudo_labels"][e.name],
+                  "memorisation": _memorisation(cfg.OUTPUT_DIR)}
+    result.update(entry=e.name, kind=e.kind, why=e.why, minutes=round((time.time() - t0) / 60, 1))
+    _write(output, e.name, "study.json", result)
+    return result
+
+
+def _weak_json(cfg) -> str | None:
+    from ..data.paths import cache_dir
+
+    path = os.path.join(cache_dir(), "usiigaci_train_weak.json")
+    return path if os.path.isfile(path) else None
+
+
+def _write(output, name, fname, data):
+    from ..utils.atomic import atomic_write_json
+
+    os.makedirs(os.path.join(output, name), exist_ok=True)
+    atomic_write_json(os.path.join(output, name, fname), data)
+
+
+def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
+    """First-round pseudo-labels of the parent's model after epoch ``start_epoch - 1`` for every
+    combination of ``e.grid`` (views computed once, fused per setting)."""
+    import itertools
+
+    import numpy as np
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
+
+    from ..data.image_io import read_bgr8
+    from ..data.label_files import image_key
+    from ..engine.inference import RecordPredictor, fusion_kwargs, inference_mode
+    from ..engine.trainer import SISSITrainer
+    from ..evaluation.box_metrics import coco_box_metrics, label_set_f1
+    from ..algorithms.wbf import fuse_views
+    from ..engine.hooks import boxes_of
+
+    parent_cfg = entry_config(entry(e.parent), output, FLIP_VIEWS)
+    model = SISSITrainer.build_model(parent_cfg)
+    ipe = _iters_per_epoch(parent_cfg)
+    weights = _weights_after(parent_cfg.OUTPUT_DIR, e.start_epoch - 1, ipe)
+    DetectionCheckpointer(model).load(weights)
+    records = DatasetCatalog.get(parent_cfg.SISSI.TARGET_DATASETS[0])
+    weak = boxes_of(records)
+    predictor = RecordPredictor(parent_cfg)
+    with inference_mode(model) as net:
+        views = list(predictor.predict_images(net, ((image_key(r), read_bgr8(r["file_name"])) for r in records)))
+    keys = list(e.grid)
+    rows = []
+    for values in itertools.product(*(e.grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        kw = fusion_kwargs(parent_cfg)
+        kw["anchor_weight"] = setting.get("SISSI.PSEUDO.WEAK_LABEL_WEIGHT", kw["anchor_weight"])
+        kw["score_thresh"] = setting.get("SISSI.PSEUDO.SCORE_THRESH", kw["score_thresh"])
+        fused = {key: fuse_views([b for b, _ in pv], [s for _, s in pv], h, w, anchor_boxes=weak[key], **kw)
+                 for key, h, w, pv in views}
+        m = coco_box_metrics(truth, fused, max_dets=parent_cfg.SISSI.EVAL.MAX_DETS)
+        rows.append({**setting, **{k: m[k] for k in ("AP50", "AP75", "AP", "AR")}, **label_set_f1(truth, fused)})
+        logger.info("fusion %s: %s", setting, rows[-1])
+    plain = {key: pv[0] for key, h, w, pv in views}  # the identity view comes first
+    weak_scored = {k: (b, np.ones(len(b))) for k, b in weak.items()}
+    return {"weights": weights, "grid": rows,
+            "model_vs_training_truth": coco_box_metrics(truth, plain, max_dets=parent_cfg.SISSI.EVAL.MAX_DETS),
+            "weak_labels_vs_training_truth": {**coco_box_metrics(truth, weak_scored), **label_set_f1(truth, weak)}}
+
+
+def test_entry(name: str, output: str) -> dict:
+    """Score a ``final`` entry's last model on the test set (once; the result is kept)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from ..engine.trainer import SISSITrainer
+
+    e = entry(name)
+    if not e.final:
+        raise ValueError(f"{name} is not a final setting: the test set is not used to choose settings")
+    cfg = entry_config(e, output, ["DATASETS.TEST", f"('{TEST_SET}',)"])
+    model = SISSITrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    res = SISSITrainer.test(cfg, model)
+    res = res.get("bbox", res.get(TEST_SET, {}).get("bbox"))
+    _write(output, name, "test.json", res)
+    return res

@@ -28,6 +28,13 @@ def test_modeling_and_collect_env_import():
     assert "detectron2" in collect_env_info()
 
 
+def _run_fresh(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (patches apply at import) and expect it to print ok."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
+
+
 def test_real_extension_is_left_alone():
     # A compiled _C (simulated by a module without the stand-in marker) must not be replaced.
     code = (
@@ -39,9 +46,7 @@ def test_real_extension_is_left_alone():
         "assert 'detectron2._C stand-in' not in _compat.applied(), _compat.applied()\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("ok")
+    _run_fresh(code)
 
 
 def test_pillow_linear_alias():
@@ -99,9 +104,7 @@ def test_patches_left_alone_where_not_needed():
         "assert not any(getattr(f, 'fullname', '') == 'detectron2.export.api' for f in sys.meta_path)\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("ok")
+    _run_fresh(code)
 
 
 def test_model_zoo_imports_without_pkg_resources():

@@ -4,6 +4,7 @@
   python tools/experiments.py list
   python tools/experiments.py run r1_weak_only [--output output/experiments]
   python tools/experiments.py test r1_weak_only      # final entries only: scored once on usiigaci_test
+  python tools/experiments.py report [--figures docs/figures]   # tables of every entry that has run
 
 Entries, their settings and why they were tried live in sissi_d2/experiments/study.py. A run
 resumes where it stopped; results land in <output>/<entry>/study.json (and test.json).
@@ -19,9 +20,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["list", "run", "test"])
+    parser.add_argument("action", choices=["list", "run", "test", "report"])
     parser.add_argument("entries", nargs="*")
     parser.add_argument("--output", default="output/experiments")
+    parser.add_argument("--figures", default=None, help="report: folder for the figures")
     args = parser.parse_args()
 
     from sissi_d2.experiments import study
@@ -29,6 +31,9 @@ def main():
     if args.action == "list":
         for e in study.ENTRIES:
             print(f"{e.name:22s} {e.kind:7s} {'final ' if e.final else ''}{e.why}")
+        return
+    if args.action == "report":
+        print(study.study_report(os.path.abspath(args.output), args.figures))
         return
     if not args.entries:
         parser.error("name at least one entry (see: list)")

@@ -159,62 +159,43 @@ class AtomicCheckpointer(DetectionCheckpointer):
 # ---------------------------------------------------------------------------------------------
 # what a trunk keeps for the rows that branch from it
 # ---------------------------------------------------------------------------------------------
-def branch_checkpoint_epochs(row_cfgs: Iterable, trunk_state: dict):
-    """Epochs whose end-of-epoch trunk checkpoint a row may still need, given the trunk's hook
-    states so far (``{"MemorisationHook": ..., "SourceValLossHook": ...}``), or None when a rule
-    is unknown (then keep every checkpoint).
+def branch_checkpoint_epochs(row_cfgs: Iterable, trunk_state: dict, epochs_seen: int | None = None):
+    """Epochs whose end-of-epoch trunk checkpoint a row may still need, or None when a rule is
+    unknown (then keep every checkpoint).
 
-    ``row_cfgs``: the rows that share their past with the trunk. A row with correction starting
-    at epoch s branches from the end of epoch s - 1 and, for the source-validation rule, reads its
-    best weights (epoch b) from the end of epoch b - 1 (see run_rows). Called during the trunk's
-    training, it keeps what a rule that has not fired yet may still ask for; once the trunk has
-    finished it gives exactly the checkpoints the planned branches need.
+    ``row_cfgs``: the rows that share their past with the trunk; ``trunk_state``: the trunk's hook
+    states so far; ``epochs_seen``: how many epoch starts the trunk has observed (None: all of the
+    rows' epochs, i.e. the trunk has finished). Each row's own start rule plans its branch
+    (``StartRule.branch_plan``, the planner run_rows uses) on what the trunk has observed: a
+    planned row needs the end of ``start_epoch - 1`` and, if it restores weights, the end of
+    ``restore_epoch - 1``. A rule that has not fired yet starts at the newest checkpoint or a later
+    one, which retention keeps anyway; but if it can restore earlier weights, it may still ask for
+    any saved epoch, so every checkpoint stays until it has fired.
     """
-    memorisation = trunk_state.get("MemorisationHook", {}).get("detector", {})
-    history = trunk_state.get("SourceValLossHook", {}).get("history", [])
+    from .start_rules import MEMORISATION, SOURCE_VAL, StartRule, build_start_rule
+
+    recorded = {name for name, hook in ((MEMORISATION, "MemorisationHook"), (SOURCE_VAL, "SourceValLossHook"))
+                if hook in trunk_state}
     needed: set = set()
+    keep_all = False
     for cfg in row_cfgs:
-        rule = str(cfg.SISSI.START_RULE)
-        epochs = int(cfg.SISSI.EPOCHS)
-        if rule == "never":
-            continue
-        if rule.startswith("epoch:"):
-            try:
-                start = int(rule.split(":", 1)[1])
-            except ValueError:
-                return None
-            if 0 < start < epochs:
-                needed.add(start - 1)
-        elif rule == "adele":
-            # It fires at the start of epoch f (the model after f epochs) and branches at f + 1 from
-            # the end of epoch f, saved after the firing: before it fires no saved checkpoint is needed.
-            fired = memorisation.get("fired_epoch")
-            if fired is not None and fired + 1 < epochs:
-                needed.add(fired)
-        elif rule == "source_val_loss":
-            needed |= _source_val_branch_epochs(history, int(cfg.SISSI.SOURCE_VAL.PATIENCE), epochs)
-        else:
+        try:
+            rule = build_start_rule(cfg)
+        except ValueError:
             return None
-    return needed
-
-
-def _source_val_branch_epochs(history, patience: int, epochs: int) -> set:
-    """Same walk as run_rows' plan: the rule fires at the first epoch ``patience`` epochs after
-    the lowest loss so far; while it has not fired, the best weights so far may still be asked for
-    (the start checkpoint is then the newest one or a later one)."""
-    best_epoch, best = None, float("inf")
-    last_seen = -1
-    for epoch, loss in history:
-        last_seen = epoch
-        if loss < best:
-            best_epoch, best = epoch, loss
-        elif epoch - best_epoch >= patience:
-            if epoch >= epochs or best_epoch == 0:
-                return set()  # no branch, or trained from scratch
-            return {epoch - 1, best_epoch - 1}
-    if best_epoch is None or best_epoch == 0 or last_seen + 1 >= epochs:
-        return set()
-    return {best_epoch - 1}
+        epochs = int(cfg.SISSI.EPOCHS)
+        seen = epochs if epochs_seen is None else min(epochs, int(epochs_seen))
+        try:
+            plan = rule.branch_plan(trunk_state, recorded, seen)
+        except ValueError:  # the trunk does not record the rule's signal: run_rows refuses it
+            continue
+        if plan is None:
+            keep_all |= seen < epochs and type(rule).restore_epoch is not StartRule.restore_epoch
+            continue
+        if plan.start_epoch == 0 or plan.restore_epoch == 0:
+            continue  # run_rows trains such a row from scratch: no trunk checkpoint needed
+        needed |= {e - 1 for e in (plan.start_epoch, plan.restore_epoch) if e is not None}
+    return None if keep_all else needed
 
 
 def protect_branch_checkpoints(trainer, row_cfgs: Iterable) -> None:
@@ -225,7 +206,8 @@ def protect_branch_checkpoints(trainer, row_cfgs: Iterable) -> None:
 
     def needed():
         # the same hook states run_rows plans the branches from once the trunk has finished
-        epochs = branch_checkpoint_epochs(row_cfgs, trainer.state_dict().get("hooks", {}))
+        epochs = branch_checkpoint_epochs(row_cfgs, trainer.state_dict().get("hooks", {}),
+                                          epochs_seen=trainer.iter // ipe + 1)
         if epochs is None:  # unknown rule: keep every per-epoch checkpoint
             return [n for n in os.listdir(trainer.checkpointer.save_dir) if CHECKPOINT_NAME_RE.match(n)]
         return [epoch_end_checkpoint(e, ipe) for e in epochs]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -22,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..algorithms.tta import TTAView, apply_view, make_views, view_size, undo_view
 from ..algorithms.wbf import fuse_views
 from ..data.image_io import read_bgr8
+from ..data.label_files import image_key
 from ..utils.progress import progress
 
 __all__ = ["RecordPredictor", "fusion_kwargs", "image_key"]
@@ -29,9 +29,6 @@ __all__ = ["RecordPredictor", "fusion_kwargs", "image_key"]
 logger = logging.getLogger(__name__)
 IDENTITY_VIEW = TTAView(1.0, False, False)
 
-
-def image_key(record) -> str:
-    return os.path.basename(record["file_name"])
 
 
 def fusion_kwargs(cfg) -> dict:

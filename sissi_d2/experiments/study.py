@@ -76,6 +76,9 @@ ENTRIES = [
        RECIPE_V1, final=True),
     _e("r1_oracle", "train", "recipe v1 on the true labels (upper bound)", "configs/cpu/oracle.yaml",
        RECIPE_V1, final=True),
+    _e("r2_weak_only", "train", "recipe v1 without the +/-45 degree rotation of shift-scale-rotate: the extent of a "
+       "rotated box is up to 41 % larger than the cell, and the r1 trunk predicts boxes 5-13 % larger than its labels",
+       "configs/cpu/weak_only.yaml", RECIPE_V1 + ["SISSI.AUG.SSR_ROTATE", "0.0"], final=True),
     _e("r1_fusion_e10", "fusion", "first-round pseudo-labels of the trunk at epoch 10: weak-label vote x threshold",
        parent="r1_weak_only", start_epoch=10,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),
@@ -261,3 +264,53 @@ def test_entry(name: str, output: str) -> dict:
     res = res.get("bbox", res.get(TEST_SET, {}).get("bbox"))
     _write(output, name, "test.json", res)
     return res
+
+
+def study_report(output: str, figure_dir: str | None = None) -> str:
+    """Markdown tables of every entry that has run (``study.json`` / ``test.json`` in ``output``)
+    and a figure of the pseudo-label F1 per correction round of the branches."""
+    from ..utils.visualize import plot_label_quality
+    from .report import fmt, markdown_table
+
+    def load(name, fname):
+        path = os.path.join(output, name, fname)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    lines, body, weak_f1 = [], [], None
+    for e in ENTRIES:
+        res, test = load(e.name, "study.json"), load(e.name, "test.json") or {}
+        if res is None:
+            continue
+        weak_f1 = res.get("weak_labels_vs_training_truth", {}).get("F1_50", weak_f1)
+        model = res.get("model_vs_training_truth", {})
+        rounds = res.get("pseudo_labels_vs_training_truth") or []
+        last = rounds[-1] if rounds else {}
+        mem = res.get("memorisation") or {}
+        body.append([e.name, e.kind, fmt(model.get("AP50")), fmt(model.get("AP75")),
+                     " / ".join(fmt(r.get("F1_50")) for r in rounds) or "-", fmt(last.get("precision50")),
+                     fmt(last.get("recall50")), f"{mem.get('fired_epoch')} ({mem.get('fired_by') or 'n/a'})" if mem else "-",
+                     " / ".join(fmt(test.get(k)) for k in ("AP50", "AP75", "AP", "AR")) if test else "-",
+                     fmt(res.get("minutes"))])
+    lines.append(markdown_table(body, ["entry", "kind", "model AP50 (train truth)", "model AP75", "label F1@0.5 per round",
+                                       "last P", "last R", "ADELE fired", "test AP50/AP75/AP/AR", "min"]))
+    for e in ENTRIES:
+        res = load(e.name, "study.json")
+        if e.kind == "fusion" and res:
+            grid = [[*(str(r[k]) for k in e.grid), fmt(r["AP50"]), fmt(r["AP75"]), fmt(r["precision50"]),
+                     fmt(r["recall50"]), fmt(r["F1_50"]), str(r["labels"])] for r in res["grid"]]
+            lines.append(f"\n{e.name}: {e.why}\n")
+            lines.append(markdown_table(grid, [*(k.split(".")[-1] for k in e.grid), "AP50", "AP75", "P", "R", "F1", "labels"]))
+    if figure_dir:
+        series = {}
+        for e in ENTRIES:
+            res = load(e.name, "study.json")
+            if e.kind == "branch" and res:
+                series[e.name] = [(r["epoch"], r["F1_50"]) for r in res.get("pseudo_labels_vs_training_truth", [])]
+        if series:
+            png = plot_label_quality(series, os.path.join(figure_dir, "study_pseudo_label_f1.png"), reference=weak_f1,
+                                     metric="F1@0.5", title="Pseudo-labels per round against the training truth")
+            lines.append(f"\n![pseudo-label F1 per round]({os.path.relpath(png, os.path.join(_root(), 'docs'))})\n")
+    return "\n".join(lines)

@@ -171,15 +171,10 @@ def test_full_disk_during_a_save_deletes_nothing_and_resume_continues(tmp_path, 
 # ---------------------------------------------------------------------------------------------
 def _planned_checkpoint_epochs(cfg, state):
     """The end-of-epoch trunk checkpoints run_rows reads for this row (its real planner)."""
-    try:  # after the move to sissi_d2.experiments: the rule plans its own branch
-        from sissi_d2.engine.start_rules import build_start_rule, recorded_signals
+    from sissi_d2.engine.start_rules import build_start_rule, recorded_signals
 
-        plan = build_start_rule(cfg).branch_plan(state, recorded_signals(cfg), int(cfg.SISSI.EPOCHS))
-        plan = None if plan is None else (plan.start_epoch, plan.restore_epoch)
-    except ImportError:
-        from sissi_d2.engine.rows import branch_epoch
-
-        plan = branch_epoch(cfg, state)
+    plan = build_start_rule(cfg).branch_plan(state, recorded_signals(cfg), int(cfg.SISSI.EPOCHS))
+    plan = None if plan is None else (plan.start_epoch, plan.restore_epoch)
     if plan is None or plan[0] == 0 or plan[1] == 0:
         return set()  # identical to the trunk, or trained from scratch
     start, restore = plan
@@ -213,7 +208,8 @@ def test_trunk_retention_keeps_every_checkpoint_a_planned_branch_needs():
                      "SourceValLossHook": {"history": [[e, losses[e]] for e in range(epoch + 1)]}}
             # end of the epoch: the checkpoint, then retention
             on_disk.add(epoch_end_checkpoint(epoch, ipe))
-            protected = {epoch_end_checkpoint(e, ipe) for e in branch_checkpoint_epochs(rows, state)}
+            planned = branch_checkpoint_epochs(rows, state, epochs_seen=epoch + 1)
+            protected = set(on_disk) if planned is None else {epoch_end_checkpoint(e, ipe) for e in planned}
             on_disk -= set(checkpoints_to_delete(on_disk, 1, protected))
         needed = set()
         for cfg in rows[1:]:

@@ -87,11 +87,11 @@ ENTRIES = [
     _e("r1_b10_plain", "branch", "plain self-training from epoch 10 (Plain A-like), flips only",
        parent="r1_weak_only", start_epoch=10, opts=_BRANCH + ["SISSI.CLONING.MODE", "never"]),
     _e("r1_b10_clone", "branch", "the paper's correction from epoch 10 (A+SISSI(S)-like), flips only",
-       parent="r1_weak_only", start_epoch=10, opts=_BRANCH + ["SISSI.CLONING.MODE", "on_correction"]),
+       parent="r1_weak_only", start_epoch=10, opts=_BRANCH + ["SISSI.CLONING.MODE", "on_correction"], final=True),
     _e("r1_b10_clone_vote", "branch", "A+SISSI(S)-like + the weak labels vote in the fusion (weight 2 of 6, threshold 0.35)",
        parent="r1_weak_only", start_epoch=10,
        opts=_BRANCH + ["SISSI.CLONING.MODE", "on_correction", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "2.0",
-                       "SISSI.PSEUDO.SCORE_THRESH", "0.35"]),
+                       "SISSI.PSEUDO.SCORE_THRESH", "0.35"], final=True),
 ]
 
 

@@ -5,6 +5,7 @@
   python tools/experiments.py run r1_weak_only [--output output/experiments]
   python tools/experiments.py test r1_weak_only      # final entries only: scored once on usiigaci_test
   python tools/experiments.py report [--figures docs/figures]   # tables of every entry that has run
+  python tools/experiments.py measure r1_weak_only --weights output/experiments/r1_weak_only/model_0000149.pth
 
 Entries, their settings and why they were tried live in sissi_d2/experiments/study.py. A run
 resumes where it stopped; results land in <output>/<entry>/study.json (and test.json).
@@ -20,10 +21,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["list", "run", "test", "report"])
+    parser.add_argument("action", choices=["list", "run", "test", "report", "measure"])
     parser.add_argument("entries", nargs="*")
     parser.add_argument("--output", default="output/experiments")
     parser.add_argument("--figures", default=None, help="report: folder for the figures")
+    parser.add_argument("--weights", default=None, help="measure: a checkpoint of the entry")
     args = parser.parse_args()
 
     from sissi_d2.experiments import study
@@ -53,7 +55,12 @@ def main():
     setup_logger(os.path.join(out, "log.txt"), name="sissi_d2")
     register_shared_datasets()
     for name in args.entries:
-        result = (study.run_entry if args.action == "run" else study.test_entry)(name, out)
+        if args.action == "measure":
+            if not args.weights:
+                parser.error("measure needs --weights")
+            result = study.measure_weights(name, out, args.weights)
+        else:
+            result = (study.run_entry if args.action == "run" else study.test_entry)(name, out)
         print(json.dumps(result, indent=1)[:3000])
 
 

@@ -142,6 +142,57 @@ def _model_quality(cfg, model, truth) -> dict:
     return coco_box_metrics(truth, preds, max_dets=cfg.SISSI.EVAL.MAX_DETS)  # ranked detections: AP
 
 
+def median_box_scale(reference: dict, predictions: dict, min_score: float = 0.5, min_iou: float = 0.3):
+    """(width, height): medians of predicted / reference box sides over one-to-one matches
+    (Hungarian on IoU, pairs with IoU >= ``min_iou``) of predictions scoring >= ``min_score``.
+    1.0 = the model draws boxes of its reference's size; > 1 = larger."""
+    import numpy as np
+    import torch
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_iou
+
+    ratios = []
+    for key, ref in reference.items():
+        ref = np.asarray(ref, np.float64).reshape(-1, 4)
+        boxes, scores = predictions.get(key, (np.zeros((0, 4)), np.zeros(0)))
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[np.asarray(scores) >= min_score]
+        if not len(ref) or not len(boxes):
+            continue
+        iou = box_iou(torch.as_tensor(ref), torch.as_tensor(boxes)).numpy()
+        for i, j in zip(*linear_sum_assignment(-iou)):
+            if iou[i, j] >= min_iou:
+                ratios.append(((boxes[j, 2] - boxes[j, 0]) / (ref[i, 2] - ref[i, 0]),
+                               (boxes[j, 3] - boxes[j, 1]) / (ref[i, 3] - ref[i, 1])))
+    if not ratios:
+        return None
+    w, h = np.median(np.asarray(ratios), axis=0)
+    return [round(float(w), 3), round(float(h), 3)]
+
+
+def measure_weights(name: str, output: str, weights: str) -> dict:
+    """The model of ``weights`` (a checkpoint of entry ``name``) on the target training images:
+    AP vs the truth, and its box sizes against the weak labels and the truth."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import DatasetCatalog
+
+    from ..engine.hooks import boxes_of
+    from ..engine.inference import RecordPredictor
+    from ..engine.trainer import SISSITrainer
+    from ..evaluation.box_metrics import coco_box_metrics
+    from .report import dataset_truth
+
+    cfg = entry_config(entry(name), output)
+    model = SISSITrainer.build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    records = DatasetCatalog.get(cfg.SISSI.TARGET_DATASETS[0])
+    truth = dataset_truth(TRAIN_TRUTH)
+    preds = RecordPredictor(cfg).plain_predictions(model, records, desc="model vs training truth")
+    m = coco_box_metrics(truth, preds, max_dets=cfg.SISSI.EVAL.MAX_DETS)
+    return {"weights": weights, **{k: m[k] for k in ("AP50", "AP75", "AP", "AR")},
+            "box_scale_vs_weak_labels": median_box_scale(boxes_of(records), preds),
+            "box_scale_vs_truth": median_box_scale(truth, preds)}
+
+
 def _memorisation(out_dir: str) -> dict:
     path = os.path.join(out_dir, "sissi", "memorisation.json")
     if not os.path.isfile(path):

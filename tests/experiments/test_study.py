@@ -31,3 +31,16 @@ def test_unknown_entry_and_test_of_a_non_final_entry(tmp_path):
     fusion = next(e for e in study.ENTRIES if not e.final)
     with pytest.raises(ValueError, match="not a final setting"):
         study.test_entry(fusion.name, str(tmp_path))
+
+
+def test_median_box_scale_matches_one_to_one():
+    import numpy as np
+
+    from sissi_d2.experiments.study import median_box_scale
+
+    ref = {"a": np.array([[0, 0, 10, 20], [50, 50, 60, 60]], float)}
+    pred = {"a": (np.array([[0, 0, 11, 22], [50, 50, 62, 61], [0, 0, 9, 19], [80, 80, 90, 90]], float),
+                  np.array([0.9, 0.8, 0.2, 0.9]))}
+    # the low-score box is ignored, the unmatched one too: ratios (1.1, 1.1) and (1.2, 1.1)
+    assert median_box_scale(ref, pred) == [1.15, 1.1]
+    assert median_box_scale(ref, {}) is None

@@ -187,8 +187,6 @@ def patch_class_histogram() -> bool:
 # 4. MapDataset's retry draws with random.sample(set): TypeError on Python >= 3.11
 # ---------------------------------------------------------------------------------------------
 def _map_dataset_getitem(self, idx):
-    import random
-
     retry_count = 0
     cur_idx = int(idx)
     while True:

@@ -112,6 +112,12 @@ def add_sissi_config(cfg):
     # image evidence of the weak labels or with confident model votes; a brake on the
     # self-training runaway measured in docs/experiments.md. See algorithms.wbf.fuse_views.
     _C.SISSI.PSEUDO.WEAK_LABEL_WEIGHT = 0.0
+    # Deviation from the paper ("student" = the paper: the model being trained labels the next
+    # epoch): "ema" labels with a slowly moving teacher, an exponential moving average of the
+    # student's weights started when correction starts (algorithms/ema.py); EMA_MOMENTUM per
+    # iteration (0.99: the teacher averages the students of the last ~100 iterations).
+    _C.SISSI.PSEUDO.TEACHER = "student"
+    _C.SISSI.PSEUDO.EMA_MOMENTUM = 0.99
 
     # ---- evaluation ----
     _C.SISSI.EVAL = CN()

@@ -4,6 +4,7 @@
 * ``tta``: the 20 test-time views and the exact mapping of their boxes back.
 * ``wbf``: weighted boxes fusion of the views' boxes into pseudo-labels.
 * ``cloning``: synthetic-like images by seamless cloning of the boxed cells.
+* ``ema``: a slowly moving teacher for the pseudo-labels (option, not in the paper).
 """
 from .adele import (
     MemorisationDetector,
@@ -12,6 +13,7 @@ from .adele import (
     learning_curve,
     learning_curve_slope,
 )
+from .ema import EMATeacher, ema_update_
 from .cloning import blur_background, boxes_to_mask, make_synthetic_like
 from .tta import (
     FLIP_MODES,
@@ -33,6 +35,8 @@ __all__ = [
     "blur_background",
     "boxes_to_mask",
     "make_synthetic_like",
+    "EMATeacher",
+    "ema_update_",
     "FLIP_MODES",
     "TTAView",
     "apply_view",

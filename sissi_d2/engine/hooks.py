@@ -3,7 +3,8 @@
 An "epoch" is ``iters_per_epoch`` iterations; epoch ``e`` starts at iteration ``e * ipe`` and its
 work runs in ``before_step`` of that iteration, i.e. on the model as it was after ``e`` epochs.
 A run resumed at an epoch start repeats exactly that work; hook state is JSON-native so that
-fvcore's ``weights_only`` checkpoint loading accepts it.
+fvcore's ``weights_only`` checkpoint loading accepts it (the one exception, an EMA teacher's
+weights, is plain tensors, which it accepts too).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from detectron2.utils import comm
 from detectron2.structures import BoxMode
 
 from ..algorithms.adele import MemorisationDetector
+from ..algorithms.ema import EMATeacher
 from ..data.label_files import image_key, load_coco_boxes, save_records_as_coco
 from ..evaluation.box_metrics import coco_box_metrics
 from ..utils.atomic import atomic_open, atomic_write_json
@@ -202,6 +204,12 @@ class LabelCorrectionHook(EpochHook):
         self.records = list(target_records)
         self.cloning_mode = cfg.SISSI.CLONING.MODE
         self.weak_label_weight = float(cfg.SISSI.PSEUDO.get("WEAK_LABEL_WEIGHT", 0.0))
+        teacher = cfg.SISSI.PSEUDO.TEACHER
+        if teacher not in ("student", "ema"):
+            raise ValueError(f"SISSI.PSEUDO.TEACHER={teacher!r}: expected 'student' (the paper) or 'ema'")
+        # With "ema" the pseudo-labels come from a moving average of the student (a brake on
+        # the self-training runaway, docs/experiments.md); it starts at the first correction.
+        self.teacher = EMATeacher(cfg.SISSI.PSEUDO.EMA_MOMENTUM) if teacher == "ema" else None
         self.predictor = RecordPredictor(cfg)
         self.output_dir = output_dir
         self.memorisation, self.source_val = memorisation, source_val
@@ -225,9 +233,14 @@ class LabelCorrectionHook(EpochHook):
         return os.path.join(self.output_dir, "pseudo_labels", f"epoch_{epoch:04d}.json")
 
     def state_dict(self):
-        return {"labels_epoch": self.labels_epoch, "rule": self.rule.state_dict(), "history": self.history}
+        state = {"labels_epoch": self.labels_epoch, "rule": self.rule.state_dict(), "history": self.history}
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
 
     def load_state_dict(self, state):
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state.get("teacher", {}), self.trainer.model)
         self.labels_epoch = state["labels_epoch"]
         self.rule.load_state_dict(state["rule"])
         self.history = list(state["history"])
@@ -260,8 +273,12 @@ class LabelCorrectionHook(EpochHook):
     def correct_labels(self, epoch: int):
         # the initial weak labels vote in the fusion only with SISSI.PSEUDO.WEAK_LABEL_WEIGHT > 0
         weak = {"weak_boxes": boxes_of(self.initial_records)} if self.weak_label_weight > 0 else {}
-        fused = self.predictor.pseudo_labels(self.trainer.model, self.records, desc=f"pseudo-labels epoch {epoch}",
-                                             **weak)
+        labeller = self.trainer.model
+        if self.teacher is not None:
+            if not self.teacher.started:
+                self.teacher.start(self.trainer.model)
+            labeller = self.teacher.model
+        fused = self.predictor.pseudo_labels(labeller, self.records, desc=f"pseudo-labels epoch {epoch}", **weak)
         new_records, kept, total = [], 0, 0
         for record in self.records:
             boxes, scores = fused[image_key(record)]
@@ -293,6 +310,10 @@ class LabelCorrectionHook(EpochHook):
         # The loader in place serves the next batch of this epoch; an epoch's loader ends with
         # the epoch, and the next one is built after that epoch's label correction.
         self._loader_key = (epoch, start_batch + 1) if start_batch + 1 < ipe else None
+
+    def after_step(self):
+        if self.teacher is not None and self.teacher.started:
+            self.teacher.update(self.trainer.model)
 
     def after_train(self):
         self.trainer.close_loader()

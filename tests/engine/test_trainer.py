@@ -89,3 +89,31 @@ def test_source_val_rule_restores_best_weights(tiny_datasets, tmp_path):
     else:
         assert fired - val.best_epoch >= 1 and (tmp_path / "sissi" / "pseudo_labels" / f"epoch_{fired:04d}.json").exists()
     assert (tmp_path / "sissi" / "memorisation.json").exists()  # ADELE.TRACK with another rule
+
+
+def test_ema_teacher_labels_from_correction_on_and_resumes_exactly(tiny_datasets, tmp_path):
+    """SISSI.PSEUDO.TEACHER ema: the teacher starts at the first correction epoch, follows the
+    student every iteration after it, and a run resumed from a checkpoint ends with the same
+    teacher as the uninterrupted run."""
+    import torch
+
+    opts = ["SISSI.START_RULE", "epoch:1", "SISSI.PSEUDO.TEACHER", "ema", "SISSI.PSEUDO.EMA_MOMENTUM", "0.5"]
+    full = _train(tiny_config(tmp_path / "full", *opts))
+    teacher = full.correction_hook.teacher
+    assert teacher.started and teacher.updates == 4  # iterations 2..5: from the start of epoch 1
+    student = full.model.state_dict()
+    assert any(not torch.equal(v, student[k]) for k, v in teacher.model.state_dict().items()
+               if v.dtype.is_floating_point), "the teacher must lag behind the student"
+
+    _train(tiny_config(tmp_path / "cut", *opts[:2] + ["SISSI.EPOCHS", "2"] + opts[2:]))
+    resumed = _train(tiny_config(tmp_path / "cut", *opts), resume=True)
+    assert resumed.start_iter == 4 and resumed.correction_hook.teacher.updates == 4
+    for k, v in teacher.model.state_dict().items():
+        assert torch.equal(resumed.correction_hook.teacher.model.state_dict()[k], v), k
+
+
+def test_unknown_teacher_is_a_clear_error(tiny_datasets, tmp_path):
+    from sissi_d2.engine import SISSITrainer
+
+    with pytest.raises(ValueError, match="SISSI.PSEUDO.TEACHER"):
+        SISSITrainer(tiny_config(tmp_path, "SISSI.PSEUDO.TEACHER", "mean"))

@@ -135,13 +135,18 @@ def check_row_settings(cfg) -> None:
 
     The first run records them in ``OUTPUT_DIR/sissi/row_settings.json``; a later run with other
     settings (another learning rate, other epochs, another data set...) would otherwise silently
-    continue or reuse the old weights. It stops with the keys that differ instead."""
+    continue or reuse the old weights. It stops with the keys that differ instead. Pseudo-label
+    settings are not compared for a row that never corrects (START_RULE never)."""
     path = os.path.join(cfg.OUTPUT_DIR, "sissi", "row_settings.json")
     current = row_settings(cfg)
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)
-        diff = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+        # A row that never corrects never reads its pseudo-label settings: another value of
+        # them (e.g. a recipe that changed its TTA views) still names the same weights.
+        inert = _PSEUDO if cfg.SISSI.START_RULE == "never" else None
+        diff = sorted(k for k in set(recorded) | set(current)
+                      if recorded.get(k) != current.get(k) and not (inert and k.startswith(inert)))
         if diff:
             shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
             raise ValueError(

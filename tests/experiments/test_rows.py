@@ -125,6 +125,12 @@ def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
         check_row_settings(other)
     recorded = json.loads((tmp_path / "row" / "sissi" / "row_settings.json").read_text())
     assert recorded["SISSI.START_RULE"] == "never" and "OUTPUT_DIR" not in recorded
+    # a row that never corrects never reads its pseudo-label settings: reused with others
+    check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.5"))
+    corrects = _row_cfg(tmp_path / "corr", "epoch:1")
+    check_row_settings(corrects)
+    with pytest.raises(ValueError, match=r"SISSI\.PSEUDO\.SCORE_THRESH"):
+        check_row_settings(_row_cfg(tmp_path / "corr", "epoch:1", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.5"))
 
     # a folder trained before settings were recorded: warned about, then recorded
     legacy = tmp_path / "legacy"

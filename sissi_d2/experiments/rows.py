@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+from types import SimpleNamespace
 
 import torch
 
@@ -45,6 +46,12 @@ _CLONING = "SISSI.CLONING."
 # Pseudo-label settings act only once correction starts (the memorisation check runs the
 # identity view alone, and its boxes do not depend on PSEUDO.BATCH_SIZE).
 _PSEUDO = "SISSI.PSEUDO."
+
+
+def _never_touches_weights(key: str, *cfgs) -> bool:
+    """Settings no weight or start signal depends on: disk retention (``SISSI.DISK.*``), and
+    ``DATASETS.TEST``, read only by evaluation, when that runs after training (``TEST.EVAL_PERIOD 0``)."""
+    return key.startswith("SISSI.DISK.") or (key == "DATASETS.TEST" and all(int(c.TEST.EVAL_PERIOD) == 0 for c in cfgs))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -73,13 +80,14 @@ def past_differences(row_cfg, trunk_cfg) -> list:
 
     Compared: everything but the start rule and its patience, the memorisation check's settings
     (a record, compared by :func:`signal_mismatch`) and, unless one of them clones from the first
-    epoch (``CLONING.MODE always``), the cloning settings; pseudo-label settings never."""
+    epoch (``CLONING.MODE always``), the cloning settings; never pseudo-label settings, disk
+    retention, or the test sets when both evaluate only after training."""
     a, b = row_settings(row_cfg), row_settings(trunk_cfg)
     ignored = set(_ROW_ONLY) | set(_SIGNAL_KEYS[MEMORISATION])
     cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)
     return sorted(k for k in set(a) | set(b)
                   if k not in ignored and not k.startswith(_PSEUDO) and (cloning_matters or not k.startswith(_CLONING))
-                  and a.get(k) != b.get(k))
+                  and not _never_touches_weights(k, row_cfg, trunk_cfg) and a.get(k) != b.get(k))
 
 
 def same_past(cfg_a, cfg_b) -> bool:
@@ -136,7 +144,9 @@ def check_row_settings(cfg) -> None:
     The first run records them in ``OUTPUT_DIR/sissi/row_settings.json``; a later run with other
     settings (another learning rate, other epochs, another data set...) would otherwise silently
     continue or reuse the old weights. It stops with the keys that differ instead. Pseudo-label
-    settings are not compared for a row that never corrects (START_RULE never)."""
+    settings are not compared for a row that never corrects (START_RULE never), nor disk
+    retention, nor the test sets of rows evaluated only after training (TEST.EVAL_PERIOD 0): the
+    finished row is evaluated on the current ones."""
     path = os.path.join(cfg.OUTPUT_DIR, "sissi", "row_settings.json")
     current = row_settings(cfg)
     if os.path.isfile(path):
@@ -145,8 +155,10 @@ def check_row_settings(cfg) -> None:
         # A row that never corrects never reads its pseudo-label settings: another value of
         # them (e.g. a recipe that changed its TTA views) still names the same weights.
         inert = _PSEUDO if cfg.SISSI.START_RULE == "never" else None
+        was = SimpleNamespace(TEST=SimpleNamespace(EVAL_PERIOD=recorded.get("TEST.EVAL_PERIOD", -1)))
         diff = sorted(k for k in set(recorded) | set(current)
-                      if recorded.get(k) != current.get(k) and not (inert and k.startswith(inert)))
+                      if recorded.get(k) != current.get(k) and not (inert and k.startswith(inert))
+                      and not _never_touches_weights(k, cfg, was))
         if diff:
             shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
             raise ValueError(

@@ -127,6 +127,12 @@ def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
     assert recorded["SISSI.START_RULE"] == "never" and "OUTPUT_DIR" not in recorded
     # a row that never corrects never reads its pseudo-label settings: reused with others
     check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.5"))
+    # the test sets of a row evaluated after training only (TEST.EVAL_PERIOD 0) do not touch its weights
+    check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "DATASETS.TEST", "('tiny_test',)"))
+    with pytest.raises(ValueError, match=r"DATASETS\.TEST"):
+        check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "DATASETS.TEST", "('tiny_test',)",
+                                    "TEST.EVAL_PERIOD", "2"))
+    check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SISSI.DISK.KEEP_LAST", "0"))  # retention only
     corrects = _row_cfg(tmp_path / "corr", "epoch:1")
     check_row_settings(corrects)
     with pytest.raises(ValueError, match=r"SISSI\.PSEUDO\.SCORE_THRESH"):
@@ -151,3 +157,7 @@ def test_pseudo_label_settings_do_not_split_the_past(tmp_path):
     assert past_differences(row, trunk) == []
     other = _row_cfg(tmp_path / "o", "epoch:2", "never", "SOLVER.BASE_LR", "0.02")
     assert past_differences(other, trunk) == ["SOLVER.BASE_LR"]
+    tested = _row_cfg(tmp_path / "e", "epoch:2", "never", "DATASETS.TEST", "('tiny_test',)")
+    assert past_differences(tested, trunk) == []  # evaluated after training only
+    during = _row_cfg(tmp_path / "d", "epoch:2", "never", "DATASETS.TEST", "('tiny_test',)", "TEST.EVAL_PERIOD", "1")
+    assert past_differences(during, trunk) == ["DATASETS.TEST", "TEST.EVAL_PERIOD"]

@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 TRAIN_TRUTH = "usiigaci_train_oracle"  # analysis only: never read by training
 TEST_SET = "usiigaci_test"
 
+# Every train entry is the lean CPU model of this file plus a row and a recipe, all explicit, so
+# that an entry keeps its meaning when the CPU rows' configs (configs/cpu/Base-Recipe.yaml) move.
+LEAN = "configs/cpu/Base-SISSI-CPU.yaml"
+WEAK_ONLY_ROW = ["SISSI.START_RULE", "never", "SISSI.CLONING.MODE", "never", "SISSI.CLONING.BLUR", "strong"]
+ORACLE_ROW = ["SISSI.TARGET_DATASETS", "('usiigaci_train_oracle',)", "SISSI.START_RULE", "never",
+              "SISSI.CLONING.MODE", "never"]
 # Recipe v1: the lean CPU model at 512 px, trained on 320x320 crops of the 512 px image (the cost
 # of a 320 px iteration at the resolution of 512 px), 4 draws of every target image per epoch,
 # cosine LR after a 100-iteration warmup, the memorisation curve recorded on every row.
@@ -82,18 +88,14 @@ def _e(*a, **k):
 
 _BRANCH = ["SISSI.START_RULE", "epoch:{e}"] + FLIP_VIEWS
 ENTRIES = [
-    _e("r1_weak_only", "train", "recipe v1 trunk on the weak labels", "configs/cpu/weak_only.yaml",
-       RECIPE_V1, final=True),
-    _e("r1_oracle", "train", "recipe v1 on the true labels (upper bound)", "configs/cpu/oracle.yaml",
-       RECIPE_V1, final=True),
+    _e("r1_weak_only", "train", "recipe v1 trunk on the weak labels", LEAN, WEAK_ONLY_ROW + RECIPE_V1, final=True),
+    _e("r1_oracle", "train", "recipe v1 on the true labels (upper bound)", LEAN, ORACLE_ROW + RECIPE_V1, final=True),
     _e("r2_weak_only", "train", "recipe v1 without the +/-45 degree rotation of shift-scale-rotate: the extent of a "
        "rotated box is up to 41 % larger than the cell, and the r1 trunk predicts boxes 5-13 % larger than its labels",
-       "configs/cpu/weak_only.yaml", RECIPE_V1 + ["SISSI.AUG.SSR_ROTATE", "0.0"], final=True),
+       LEAN, WEAK_ONLY_ROW + RECIPE_V2, final=True),
     _e("r3_weak_only", "train", "recipe v2 with 1 source + 3 target images per batch: the trunk's quality follows the "
-       "target pixels it sees, and the source half transfers nothing measurable", "configs/cpu/weak_only.yaml",
-       RECIPE_V3, final=True),
-    _e("r3_oracle", "train", "recipe v3 on the true labels (upper bound)", "configs/cpu/oracle.yaml",
-       RECIPE_V3, final=True),
+       "target pixels it sees, and the source half transfers nothing measurable", LEAN, WEAK_ONLY_ROW + RECIPE_V3, final=True),
+    _e("r3_oracle", "train", "recipe v3 on the true labels (upper bound)", LEAN, ORACLE_ROW + RECIPE_V3, final=True),
     _e("r2_fusion_e20", "fusion", "first-round pseudo-labels of the rotation-free trunk's final model",
        parent="r2_weak_only", start_epoch=20,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),

@@ -44,3 +44,23 @@ def test_median_box_scale_matches_one_to_one():
     # the low-score box is ignored, the unmatched one too: ratios (1.1, 1.1) and (1.2, 1.1)
     assert median_box_scale(ref, pred) == [1.15, 1.1]
     assert median_box_scale(ref, {}) is None
+
+
+def test_the_cpu_rows_train_the_recipes_trunk(tmp_path):
+    """configs/cpu/ (Table 1's CPU rows) and the study's recipe entry train the same weights: a
+    Table 1 run can reuse the entry's trunk and Oracle, and the recipe has one definition per
+    setting (the yaml) checked against the study's override list here."""
+    import os
+
+    from sissi_d2.config_builder import build_config
+    from sissi_d2.experiments import study
+    from sissi_d2.experiments.rows import past_differences, row_settings
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for row, name in (("weak_only", "r3_weak_only"), ("oracle", "r3_oracle")):
+        cfg = build_config(os.path.join(root, "configs", "cpu", f"{row}.yaml"), ["OUTPUT_DIR", str(tmp_path / row)])
+        entry_cfg = study.entry_config(study.entry(name), str(tmp_path))
+        assert past_differences(cfg, entry_cfg) == [], row
+        a, b = row_settings(cfg), row_settings(entry_cfg)
+        differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+        assert differ <= {"DATASETS.TEST", "SISSI.DISK.KEEP_LAST"} | {k for k in differ if k.startswith("SISSI.PSEUDO.")}

@@ -13,7 +13,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REAL = os.path.join(shared_data_root(), "usiigaci_phase")
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "128",
         "INPUT.MAX_SIZE_TEST", "128", "SISSI.EPOCHS", "1", "DATALOADER.NUM_WORKERS", "0",
-        "SISSI.SOURCE_VAL.MAX_IMAGES", "2"]
+        "SISSI.SOURCE_VAL.MAX_IMAGES", "2", "SISSI.TARGET_REPEATS", "1", "SISSI.ADELE.TRACK", "False"]
 
 
 def _table1(out, *extra):

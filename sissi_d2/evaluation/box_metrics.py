@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["coco_box_metrics", "label_set_f1", "METRIC_KEYS"]
+__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "one_to_one_matches", "METRIC_KEYS"]
 
 METRIC_KEYS = ("AP50", "AP75", "AP", "AR")
 
@@ -91,6 +91,27 @@ def coco_box_metrics(
     return result
 
 
+def one_to_one_matches(true_boxes, boxes, min_iou: float):
+    """Indices ``(i_true, j_box, iou)`` of the one-to-one matching of two box sets that maximises
+    the summed IoU (Hungarian), pairs with IoU >= ``min_iou`` only."""
+    from scipy.optimize import linear_sum_assignment
+    from torchvision.ops import box_iou
+    import torch
+
+    t, p = _as_boxes(true_boxes), _as_boxes(boxes)
+    if not len(t) or not len(p):
+        return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
+    iou = box_iou(torch.as_tensor(t, dtype=torch.float64), torch.as_tensor(p, dtype=torch.float64)).numpy()
+    rows, cols = linear_sum_assignment(-iou)
+    keep = iou[rows, cols] >= min_iou
+    return rows[keep], cols[keep], iou[rows, cols][keep]
+
+
+def _label_boxes(labels, key):
+    got = labels.get(key, np.zeros((0, 4)))
+    return _as_boxes(got[0] if isinstance(got, tuple) else got)
+
+
 def label_set_f1(gt: Mapping[object, Sequence], labels: Mapping[object, object], iou_thr: float = 0.5) -> dict:
     """Precision / recall / F1 (percent) of a LABEL SET at IoU ``iou_thr``, scores ignored.
 
@@ -99,20 +120,10 @@ def label_set_f1(gt: Mapping[object, Sequence], labels: Mapping[object, object],
     TP / FP / FN pooled over the images of ``gt``. AP would instead reward a good ranking of the
     labels, which training never sees. ``labels``: key -> boxes or (boxes, scores).
     """
-    from scipy.optimize import linear_sum_assignment
-    from torchvision.ops import box_iou
-    import torch
-
     tp = fp = fn = 0
     for key, true_boxes in gt.items():
-        t = _as_boxes(true_boxes)
-        got = labels.get(key, np.zeros((0, 4)))
-        p = _as_boxes(got[0] if isinstance(got, tuple) else got)
-        matched = 0
-        if len(t) and len(p):
-            iou = box_iou(torch.as_tensor(t), torch.as_tensor(p)).numpy()
-            rows, cols = linear_sum_assignment(-iou)
-            matched = int(np.count_nonzero(iou[rows, cols] >= iou_thr))
+        t, p = _as_boxes(true_boxes), _label_boxes(labels, key)
+        matched = len(one_to_one_matches(t, p, iou_thr)[0])
         tp += matched
         fp += len(p) - matched
         fn += len(t) - matched
@@ -120,3 +131,31 @@ def label_set_f1(gt: Mapping[object, Sequence], labels: Mapping[object, object],
     recall = 100.0 * tp / max(tp + fn, 1)
     f1 = 2 * precision * recall / max(precision + recall, 1e-9)
     return {"precision50": precision, "recall50": recall, "F1_50": f1, "labels": tp + fp}
+
+
+def label_failure_modes(gt: Mapping[object, Sequence], labels: Mapping[object, object], found_iou: float = 0.3,
+                        tight_iou: float = 0.5) -> dict:
+    """How a label set fails against the truth, in the three ways weak labels do (percent).
+
+    One-to-one matching per image at IoU >= ``found_iou`` (a label on the cell, however loose):
+    ``missed_cells`` = true cells with no label; ``false_positives`` = labels on no cell;
+    ``loose_boxes`` = matched labels with IoU < ``tight_iou`` (found, but too loose or too tight
+    to count at AP50); ``median_iou`` of the matches; ``size_ratio`` = median label / true box
+    width and height over the matches (> 1: labels larger than the cells)."""
+    cells = labelled = 0
+    ious, ratios = [], []
+    for key, true_boxes in gt.items():
+        t, p = _as_boxes(true_boxes), _label_boxes(labels, key)
+        i, j, iou = one_to_one_matches(t, p, found_iou)
+        cells, labelled = cells + len(t), labelled + len(p)
+        ious.extend(iou.tolist())
+        wh_t, wh_p = t[i, 2:] - t[i, :2], p[j, 2:] - p[j, :2]
+        ratios.extend((wh_p / np.maximum(wh_t, 1e-9)).tolist())
+    matched = len(ious)
+    ious = np.asarray(ious)
+    ratio = np.median(np.asarray(ratios), axis=0).round(3).tolist() if ratios else None
+    return {"missed_cells": 100.0 * (cells - matched) / max(cells, 1),
+            "false_positives": 100.0 * (labelled - matched) / max(labelled, 1),
+            "loose_boxes": 100.0 * float(np.count_nonzero(ious < tight_iou)) / max(matched, 1),
+            "median_iou": float(np.median(ious)) if matched else None, "size_ratio": ratio,
+            "cells": cells, "labels": labelled}

@@ -167,26 +167,13 @@ def median_box_scale(reference: dict, predictions: dict, min_score: float = 0.5,
     (Hungarian on IoU, pairs with IoU >= ``min_iou``) of predictions scoring >= ``min_score``.
     1.0 = the model draws boxes of its reference's size; > 1 = larger."""
     import numpy as np
-    import torch
-    from scipy.optimize import linear_sum_assignment
-    from torchvision.ops import box_iou
 
-    ratios = []
-    for key, ref in reference.items():
-        ref = np.asarray(ref, np.float64).reshape(-1, 4)
-        boxes, scores = predictions.get(key, (np.zeros((0, 4)), np.zeros(0)))
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)[np.asarray(scores) >= min_score]
-        if not len(ref) or not len(boxes):
-            continue
-        iou = box_iou(torch.as_tensor(ref), torch.as_tensor(boxes)).numpy()
-        for i, j in zip(*linear_sum_assignment(-iou)):
-            if iou[i, j] >= min_iou:
-                ratios.append(((boxes[j, 2] - boxes[j, 0]) / (ref[i, 2] - ref[i, 0]),
-                               (boxes[j, 3] - boxes[j, 1]) / (ref[i, 3] - ref[i, 1])))
-    if not ratios:
-        return None
-    w, h = np.median(np.asarray(ratios), axis=0)
-    return [round(float(w), 3), round(float(h), 3)]
+    from ..evaluation.box_metrics import label_failure_modes
+
+    confident = {}
+    for key, (boxes, scores) in predictions.items():
+        confident[key] = np.asarray(boxes, np.float64).reshape(-1, 4)[np.asarray(scores) >= min_score]
+    return label_failure_modes(reference, confident, found_iou=min_iou)["size_ratio"]
 
 
 def measure_weights(name: str, output: str, weights: str) -> dict:

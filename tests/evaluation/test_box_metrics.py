@@ -1,0 +1,38 @@
+"""Label-set scores: one-to-one matching, F1 at IoU 0.5, and the three failure modes of weak labels."""
+import numpy as np
+import pytest
+
+from sissi_d2.evaluation.box_metrics import label_failure_modes, label_set_f1, one_to_one_matches
+
+
+def test_one_to_one_matching_never_reuses_a_box():
+    t = np.array([[0, 0, 10, 10], [1, 1, 11, 11]], float)
+    p = np.array([[0, 0, 10, 10]], float)
+    i, j, iou = one_to_one_matches(t, p, 0.3)
+    assert len(i) == 1 and j.tolist() == [0] and iou[0] == pytest.approx(1.0)
+    assert len(one_to_one_matches(t, np.zeros((0, 4)), 0.3)[0]) == 0
+
+
+def test_failure_modes_count_missed_false_and_loose_labels():
+    truth = {"a": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], float)}
+    labels = {"a": (np.array([
+        [0, 0, 10, 10],  # exact
+        [20, 20, 33, 33],  # IoU 100/169 = 0.59: tight enough
+        [39, 39, 55, 55],  # IoU 100/256 = 0.39: found but loose
+        [80, 80, 90, 90],  # on no cell: a false positive
+    ], float), np.ones(4))}
+    m = label_failure_modes(truth, labels)
+    assert m["missed_cells"] == pytest.approx(25.0)  # the cell at 60-70 has no label
+    assert m["false_positives"] == pytest.approx(25.0)
+    assert m["loose_boxes"] == pytest.approx(100 / 3)
+    assert m["size_ratio"] == [1.3, 1.3]  # median of 1.0, 1.3, 1.6
+    assert m["cells"] == 4 and m["labels"] == 4
+    # the same set at IoU 0.5: the loose box is a miss and a false positive there
+    f1 = label_set_f1(truth, labels)
+    assert f1["precision50"] == pytest.approx(50.0) and f1["recall50"] == pytest.approx(50.0)
+
+
+def test_failure_modes_of_nothing():
+    truth = {"a": np.array([[0, 0, 10, 10]], float)}
+    m = label_failure_modes(truth, {})
+    assert m["missed_cells"] == 100.0 and m["false_positives"] == 0.0 and m["size_ratio"] is None

@@ -7,6 +7,11 @@ and files exported from CVAT / Label Studio. Read here as dataset records
 (:func:`load_coco_boxes`) or as boxes per image (:func:`read_label_json`); written from records
 (:func:`save_records_as_coco`) or from detections (:func:`detections_to_coco`).
 
+Point annotations (centre clicks: a CSV ``image,x,y[,class]``, a Label Studio keypoint export, a
+CVAT points export or a COCO keypoints json) are read through :func:`read_point_file` and become
+dataset records with one box per click through :func:`load_point_boxes`; both are implemented in
+``data.points`` (formats, checks, the box-from-point rule).
+
 Images are matched across label files by :func:`image_key` (the file's basename); records get
 their ``image_id`` from :func:`image_stem`. :func:`list_image_files` lists the images of a folder
 with one list of image suffixes and one of the files that sit beside them but are not images of
@@ -29,7 +34,7 @@ from .paths import GET_DATA_HELP
 __all__ = [
     "IMAGE_EXTENSIONS", "NON_IMAGE_SUFFIXES", "image_key", "image_stem", "is_image_file", "list_image_files",
     "make_record", "check_unique_ids", "read_coco_json", "load_coco_boxes", "read_label_json", "records_to_coco",
-    "save_records_as_coco", "detections_to_coco", "write_coco_json",
+    "save_records_as_coco", "detections_to_coco", "write_coco_json", "read_point_file", "load_point_boxes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -268,3 +273,22 @@ def write_coco_json(path, coco: dict, indent: int | None = 1) -> str:
     path = os.path.abspath(os.fspath(path))
     atomic_write_json(path, coco, indent=indent)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# point annotations (data.points imports this module, so it is imported when called)
+# ---------------------------------------------------------------------------------------------
+def read_point_file(path):
+    """The clicks of a point file (CSV, Label Studio, CVAT xml, COCO keypoints): a
+    :class:`~sissi_d2.data.points.PointFile`. Errors name the file and line."""
+    from .points import read_point_file as read
+
+    return read(path)
+
+
+def load_point_boxes(path, image_root=None, **options) -> list:
+    """Dataset dicts of a point file, one box per click (``data.points.load_point_boxes``:
+    ``size_from``, ``cell_size``, ``class_sizes``, ``pipeline``, ``merge_distance``, ...)."""
+    from .points import load_point_boxes as load
+
+    return load(path, image_root, **options)

@@ -7,6 +7,7 @@ import os
 
 from ..label_files import load_coco_boxes
 from ..paths import GET_DATA_HELP
+from ..points import load_point_boxes
 from .celllab import load_celllab_folder
 from .cellpose import load_cellpose_folder
 from .image_folder import load_image_folder
@@ -18,9 +19,11 @@ _LOADERS = {
     "coco": load_coco_boxes,
     "celllab": load_celllab_folder,
     "images": load_image_folder,
+    "points": load_point_boxes,
 }
 DATASET_KINDS = tuple(_LOADERS)
 _PATH_KWARGS = ("mask_dir", "image_root", "label_dir")
+_FILE_KINDS = ("coco", "points")  # kinds whose path is one file, not a folder
 _REGISTERED: dict = {}
 
 
@@ -36,10 +39,12 @@ def register_sissi_dataset(name: str, kind: str, path, **kwargs) -> str:
     Args:
         name: catalog name.
         kind: ``"cellpose"`` (folder), ``"coco"`` (json file), ``"celllab"`` (image folder,
-            ``label_dir=`` for the txt files) or ``"images"`` (folder).
-        path: the folder or json.
+            ``label_dir=`` for the txt files), ``"images"`` (folder) or ``"points"`` (a file of
+            centre clicks, one box per click: ``data.points``).
+        path: the folder or file.
         kwargs: passed to the loader (``mask_dir``, ``min_area``, ``speck_fraction``,
-            ``use_cache`` for cellpose; ``image_root`` for coco; ``label_dir`` for celllab).
+            ``use_cache`` for cellpose; ``image_root`` for coco; ``label_dir`` for celllab;
+            ``image_root``, ``size_from``, ``cell_size``, ``class_sizes``, ``pipeline``, ... for points).
 
     Metadata: ``thing_classes=["cell"]``, ``evaluator_type="coco"``, ``sissi_kind``,
     ``sissi_path``, ``sissi_options`` (the kwargs) and, for kind coco, ``json_file``.
@@ -63,9 +68,9 @@ def register_sissi_dataset(name: str, kind: str, path, **kwargs) -> str:
     for label, p in [("path", path)] + [(k, v) for k, v in kwargs.items() if k in _PATH_KWARGS and v is not None]:
         if not os.path.exists(p):
             raise FileNotFoundError(f"Dataset {name!r} (kind {kind}): {label} {p} does not exist. {GET_DATA_HELP}")
-    if kind == "coco" and not os.path.isfile(path):
-        raise FileNotFoundError(f"Dataset {name!r} (kind coco): {path} is not a json file.")
-    if kind != "coco" and not os.path.isdir(path):
+    if kind in _FILE_KINDS and not os.path.isfile(path):
+        raise FileNotFoundError(f"Dataset {name!r} (kind {kind}): {path} is not a file.")
+    if kind not in _FILE_KINDS and not os.path.isdir(path):
         raise FileNotFoundError(f"Dataset {name!r} (kind {kind}): {path} is not a folder.")
 
     sig = (kind, path, tuple(sorted(kwargs.items())))

@@ -125,4 +125,34 @@ def add_sissi_config(cfg):
     # Extra annotation sets for the test images (several readers): list of COCO json paths;
     # --eval-only prints one row per reader plus their mean.
     _C.SISSI.EVAL.READERS = ()
+
+    # ---- cut-paste synthetic target images (docs/points.md; algorithms/cut_paste.py) ----
+    # Beyond the paper (off = the paper): a target draw becomes, with probability
+    # 1 - REAL_FRACTION, an image made of labelled cells pasted on a canvas, each with its exact
+    # box (Kushwaha et al., CVPRW 2020). Patches are cut from the current target labels (weak
+    # labels, boxes from clicks, then the pseudo-labels of the epoch) and/or the source labels.
+    _C.SISSI.SYNTH = CN()
+    _C.SISSI.SYNTH.ENABLED = False
+    # Share of target draws that stay real images (the paper mixes in about 10 %); 0 = only
+    # synthetic images in the target half of the batch.
+    _C.SISSI.SYNTH.REAL_FRACTION = 0.1
+    _C.SISSI.SYNTH.PATCHES_FROM = ("target",)  # "target" and / or "source"
+    # "blur": the drawn real target image blurred as SISSI's cloning background (SISSI.CLONING.BLUR)
+    # keeps its illumination, and its unlabelled cells fade; "median": a median filter 2.5 cells
+    # wide (MEDIAN_KSIZE, 0 = from the patches' median size); "blank": one grey level (the paper).
+    _C.SISSI.SYNTH.CANVAS = "blur"
+    _C.SISSI.SYNTH.MEDIAN_KSIZE = 0
+    _C.SISSI.SYNTH.COUNT = (10, 50)  # cells pasted per image, uniform in [min, max]
+    # Artefact patches (clicks of the classes data.points.NEGATIVE_CLASSES) pasted without a box.
+    _C.SISSI.SYNTH.NEGATIVES = (0, 0)
+    _C.SISSI.SYNTH.MAX_OVERLAP = 0.1  # largest share of a patch another pasted patch may cover
+    _C.SISSI.SYNTH.SIZE_JITTER = 0.1  # crop = box x uniform(1 - j, 1 + j): the paper's 0-10 %
+    # Flips and rotations by multiples of 90 degrees keep every box exact; other angles would
+    # inflate them (the extent of a rotated rectangle), so none are offered.
+    _C.SISSI.SYNTH.FLIP = True
+    _C.SISSI.SYNTH.ROTATE90 = True
+    _C.SISSI.SYNTH.BLEND = "feather"  # "feather" | "hard" | "seamless" (Poisson, ~0.5 s per 1 MP image)
+    _C.SISSI.SYNTH.FEATHER = 3  # px of the soft patch edge
+    # Patches kept per epoch (cut from whole images, chosen by seed and epoch, until this many).
+    _C.SISSI.SYNTH.MAX_PATCHES = 4000
     return cfg

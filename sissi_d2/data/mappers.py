@@ -3,6 +3,11 @@
 The target mapper rebuilds the synthetic-like image from the labels the record carries NOW
 (weak labels or the latest pseudo-labels) each time a sample is drawn, before any geometric
 augmentation, so the cloned cells and their boxes stay aligned.
+
+With ``SISSI.SYNTH.ENABLED`` the target mapper is :class:`SISSICutPasteMapper` (built per epoch by
+:func:`build_cut_paste_mapper`): a draw becomes, with probability 1 - ``SISSI.SYNTH.REAL_FRACTION``,
+a cut-paste image (``algorithms.cut_paste``) of cells cut from the epoch's labels, with its boxes,
+before the same augmentations.
 """
 from __future__ import annotations
 
@@ -16,11 +21,13 @@ from detectron2.data import transforms as T
 from fvcore.common.registry import Registry
 
 from ..algorithms.cloning import make_synthetic_like
+from ..algorithms.cut_paste import CANVASES, SynthParams, cut_patches, make_canvas, median_kernel, synthesize
 from ..config import BLUR_PRESETS
 from .image_io import read_bgr8
 from .transforms import build_sissi_augmentations
 
-__all__ = ["SISSI_MAPPER_REGISTRY", "SISSISourceMapper", "SISSITargetMapper", "build_mapper", "cloning_blur"]
+__all__ = ["SISSI_MAPPER_REGISTRY", "SISSISourceMapper", "SISSITargetMapper", "SISSICutPasteMapper", "build_mapper",
+           "cloning_blur", "synth_params", "build_patch_bank", "build_cut_paste_mapper"]
 
 SISSI_MAPPER_REGISTRY = Registry("SISSI_MAPPER")
 SISSI_MAPPER_REGISTRY.__doc__ = """
@@ -119,3 +126,105 @@ def build_mapper(cfg, domain: str, is_train: bool = True, **kwargs):
     """The mapper registered under SISSI.MAPPER.SOURCE / SISSI.MAPPER.TARGET."""
     name = {"source": cfg.SISSI.MAPPER.SOURCE, "target": cfg.SISSI.MAPPER.TARGET}[domain]
     return SISSI_MAPPER_REGISTRY.get(name)(cfg, is_train, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# cut-paste synthetic target images (SISSI.SYNTH)
+# ---------------------------------------------------------------------------------------------
+_PATCH_SOURCES = ("target", "source")
+
+
+def synth_params(cfg) -> SynthParams:
+    """The synthesizer's settings of ``SISSI.SYNTH``, checked (a bad value fails when the epoch's
+    loader is built, in the main process, with the key named)."""
+    syn = cfg.SISSI.SYNTH
+    if not 0.0 <= float(syn.REAL_FRACTION) <= 1.0:
+        raise ValueError(f"SISSI.SYNTH.REAL_FRACTION={syn.REAL_FRACTION}: expected a fraction in [0, 1]")
+    bad = [s for s in syn.PATCHES_FROM if s not in _PATCH_SOURCES] or ([] if syn.PATCHES_FROM else ["(none)"])
+    if bad:
+        raise ValueError(f"SISSI.SYNTH.PATCHES_FROM={tuple(syn.PATCHES_FROM)!r}: expected one or both of {_PATCH_SOURCES}")
+    if syn.CANVAS not in CANVASES:
+        raise ValueError(f"SISSI.SYNTH.CANVAS={syn.CANVAS!r}: expected one of {CANVASES}")
+    return SynthParams(count=tuple(syn.COUNT), negatives=tuple(syn.NEGATIVES), max_overlap=float(syn.MAX_OVERLAP),
+                       size_jitter=float(syn.SIZE_JITTER), flip=bool(syn.FLIP), rotate90=bool(syn.ROTATE90),
+                       blend=str(syn.BLEND), feather=int(syn.FEATHER))
+
+
+def _xyxy(annotation) -> list:
+    from detectron2.structures import BoxMode
+
+    return BoxMode.convert([float(v) for v in annotation["bbox"]], annotation.get("bbox_mode", BoxMode.XYXY_ABS),
+                           BoxMode.XYXY_ABS)
+
+
+def build_patch_bank(records, margin: float, max_patches: int = 0, seed: int = 0, epoch: int = 0) -> list:
+    """:class:`~sissi_d2.algorithms.cut_paste.Patch` es of the labelled cells of ``records`` (and,
+    as negatives, their ``sissi_negatives`` boxes), each image read once. With ``max_patches`` > 0
+    whole images are taken in an order seeded by (seed, epoch) until that many patches are cut."""
+    order = np.random.default_rng([int(seed), int(epoch), 1]).permutation(len(records))
+    patches: list = []
+    for i in order.tolist():
+        record = records[i]
+        boxes = [_xyxy(a) for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        negatives = record.get("sissi_negatives") or []
+        if not boxes and not negatives:
+            continue
+        image = read_bgr8(record["file_name"])
+        patches += cut_patches(image, boxes, margin) + cut_patches(image, negatives, margin, negative=True)
+        if 0 < max_patches <= len(patches):
+            break
+    return patches
+
+
+@SISSI_MAPPER_REGISTRY.register()
+class SISSICutPasteMapper(SISSITargetMapper):
+    """Target mapper that turns a draw, with probability 1 - SISSI.SYNTH.REAL_FRACTION, into a
+    cut-paste image of ``patches`` on a canvas made from the drawn image, with the pasted cells'
+    boxes as its annotations; the other draws are mapped as real images (cloned when ``cloning``).
+
+    Every random choice comes from numpy's global generator, which the two-source loader seeds
+    per draw from (seed, epoch, position): an image is the same in a resumed run.
+    """
+
+    def __init__(self, cfg, is_train: bool = True, augmentations=None, cloning: bool = False, patches=()):
+        super().__init__(cfg, is_train, augmentations, cloning)
+        self.params = synth_params(cfg)
+        self.real_fraction = float(cfg.SISSI.SYNTH.REAL_FRACTION)
+        self.canvas = cfg.SISSI.SYNTH.CANVAS
+        self.patches = list(patches)
+        cells = [max(p.size) for p in self.patches if not p.negative]
+        self.median_ksize = int(cfg.SISSI.SYNTH.MEDIAN_KSIZE) or median_kernel(np.median(cells) if cells else 15)
+        if not cells:
+            logger.warning("SISSI.SYNTH: no labelled cell to cut patches from; every target draw stays a real image.")
+
+    def prepare_image(self, record, image):
+        from detectron2.structures import BoxMode
+
+        rng = np.random.default_rng(np.random.randint(0, 2**32, size=4))  # the draw's seed
+        if not any(not p.negative for p in self.patches) or rng.random() < self.real_fraction:
+            return super().prepare_image(record, image)
+        canvas = make_canvas(image, self.canvas, (self.blur_ksize, self.blur_sigma), self.median_ksize)
+        image, boxes, _ = synthesize(canvas, self.patches, rng, self.params)
+        record["annotations"] = [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
+                                 for b in boxes]
+        record["sissi_synthetic"] = True
+        return image
+
+
+def build_cut_paste_mapper(cfg, target_records, source_records, epoch: int, cloning: bool = False):
+    """The target mapper of one epoch with SISSI.SYNTH: patches cut from ``target_records`` (the
+    epoch's labels: weak labels, boxes from clicks or pseudo-labels) and / or ``source_records``."""
+    if cfg.SISSI.MAPPER.TARGET not in ("SISSITargetMapper", SISSICutPasteMapper.__name__):
+        raise ValueError(f"SISSI.SYNTH.ENABLED replaces the target mapper, but SISSI.MAPPER.TARGET is "
+                         f"{cfg.SISSI.MAPPER.TARGET!r}: subclass SISSICutPasteMapper instead, or turn SISSI.SYNTH off.")
+    params = synth_params(cfg)
+    sources = {"target": target_records, "source": source_records}
+    seed = int(cfg.SEED) if cfg.SEED >= 0 else 0
+    patches = []
+    for name in cfg.SISSI.SYNTH.PATCHES_FROM:
+        # the jitter may grow a crop by size_jitter / 2 on each side: cut that margin now
+        patches += build_patch_bank(sources[name], params.size_jitter / 2 + 0.02, int(cfg.SISSI.SYNTH.MAX_PATCHES),
+                                    seed, epoch)
+    logger.info("SISSI.SYNTH epoch %d: %d patches from the %s labels, %.0f %% real target images", epoch,
+                len(patches), " and ".join(cfg.SISSI.SYNTH.PATCHES_FROM), 100 * float(cfg.SISSI.SYNTH.REAL_FRACTION))
+    return SISSICutPasteMapper(cfg, True, cloning=cloning, patches=patches)

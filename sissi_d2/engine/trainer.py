@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.mappers import SISSISourceMapper, build_mapper, cloning_blur
+from ..data.mappers import SISSISourceMapper, build_cut_paste_mapper, build_mapper, cloning_blur
 from ..data.two_source import TwoSourceLoader, iters_per_epoch, per_rank_batch
 from ..evaluation.evaluator import CellBoxEvaluator
 from ..utils.disk import DiskBudgetError, check_run_fits, stop_cleanly_on_full_disk
@@ -136,12 +136,20 @@ class SISSITrainer(DefaultTrainer):
         cfg = self.cfg
         self._loader = TwoSourceLoader.for_epoch(
             self.source_records, list(target_records) * self.target_repeats,
-            build_mapper(cfg, "source", True), build_mapper(cfg, "target", True, cloning=cloning),
+            build_mapper(cfg, "source", True), self.build_target_mapper(epoch, target_records, cloning),
             source_batch_total=cfg.SISSI.IMS_PER_BATCH_SOURCE, target_batch_total=cfg.SISSI.IMS_PER_BATCH_TARGET,
             seed=_seed(cfg), epoch=epoch, start_batch=start_batch, num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
         self._trainer.data_loader = self._loader
         self._trainer._data_loader_iter = iter(self._loader)
+
+    def build_target_mapper(self, epoch: int, target_records, cloning: bool):
+        """The target mapper of an epoch; with SISSI.SYNTH.ENABLED the cut-paste mapper, whose
+        patches are cut from the epoch's target labels (the current pseudo-labels once
+        correction runs) and / or the source labels."""
+        if self.cfg.SISSI.SYNTH.ENABLED:
+            return build_cut_paste_mapper(self.cfg, target_records, self.source_records, epoch, cloning=cloning)
+        return build_mapper(self.cfg, "target", True, cloning=cloning)
 
     def close_loader(self):
         # Dropping the iterator shuts its worker processes down before new ones start.

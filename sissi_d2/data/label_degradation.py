@@ -263,7 +263,8 @@ class Degradation:
         if self.axis == "cells":
             return f"{self.value:g} % of the cells"
         if self.axis == "images":
-            return f"{int(self.value)} images" + (" (+ weak labels on the others)" if self.others == "weak" else "")
+            k = int(self.value)
+            return f"{k} image{'s' if k != 1 else ''}" + (" (+ weak labels on the others)" if self.others == "weak" else "")
         return f"jitter {self.value:g} %, {self.fp_rate:g} false boxes per cell"
 
     @property

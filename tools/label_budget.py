@@ -102,7 +102,7 @@ def _plan(args):
     for axis, new in given.items():
         if new:
             points = [p for p in points if p.axis != axis] + new
-    return dataclasses.replace(plan, points=tuple(points), opts=tuple(args.opts), truth=args.truth or plan.truth,
+    return dataclasses.replace(plan, points=tuple(points), extra_opts=tuple(args.opts), truth=args.truth or plan.truth,
                                test_set=args.test_set or plan.test_set, weak=args.weak or plan.weak)
 
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,9 +36,10 @@ from ..data.label_degradation import (AXES, Degradation, check_complete_labels, 
                                       labels_of_records)
 from ..utils.atomic import atomic_write_json
 from .specs import RowSpec
+from .study import RECIPE
 
-__all__ = ["METHODS", "Cost", "Plan", "PLANS", "plan_points", "plan_sets", "estimate", "run_budget",
-           "write_label_set", "budget_table", "budget_figures", "describe_plan"]
+__all__ = ["METHODS", "Cost", "Plan", "PLANS", "plan_points", "plan_sets", "label_sets", "set_configs", "estimate",
+           "run_set", "run_budget", "write_label_set", "budget_table", "budget_figures", "describe_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,26 +81,15 @@ class Plan:
     test_set: str
     weak: str | None  # registered weak labels of every training image (others="weak"); None: made on demand
     config_dir: str
-    opts: tuple  # KEY VALUE overrides on top of every config
+    opts: tuple  # KEY VALUE overrides on top of every config (recipe, sizing)
     points: tuple  # Degradation, the complete set excluded (it is always trained: the Oracle)
     draws_per_epoch: int  # target images drawn per epoch, whatever the size of the set
     cost: Cost
     why: str = ""
-    expected_images: int = 0  # images of the truth the estimate assumes before it is loaded
-
-    def opt(self, key: str):
-        """The value of a KEY in the plan's overrides (the last one wins), else None."""
-        values = [self.opts[i + 1] for i in range(0, len(self.opts) - 1, 2) if self.opts[i] == key]
-        return values[-1] if values else None
+    extra_opts: tuple = ()  # the command line's overrides, applied last
 
 
-def _recipe() -> list:
-    from .study import RECIPE
-
-    return list(RECIPE)
-
-
-# The real study within 2 hours on 2 CPU cores (upper estimate 1.85 h; the arithmetic is in
+# The real study within 2 hours on 2 CPU cores (upper estimate 1.8 h; the arithmetic is in
 # docs/label_budget.md and printed by --dry-run): 7 label sets x 3 methods of 7 epochs x 17
 # iterations (each target image drawn about twice per epoch: 50 draws, 3 per iteration). The
 # warmup shrinks with the run (20 of 119 iterations instead of 100 of 1000). Correction needs
@@ -118,31 +107,6 @@ REAL_COST = Cost(iteration=1.5, clone=0.7, inference=0.23, per_row=15.0,
                  source="1.5 s per iteration of 4 crops (docs/experiments.md, r2), + 0.7 s per cloned Usiigaci "
                         "image, 0.23 s per inferred image; the idle 2-core machine")
 
-PLANS = {
-    "real": Plan(
-        name="real", truth="usiigaci_train_oracle", test_set="usiigaci_test", weak="usiigaci_train_weak",
-        config_dir=os.path.join(REPO, "configs", "cpu"), opts=(), expected_images=25,
-        points=(Degradation("cells", 50), Degradation("cells", 10), Degradation("images", 2), Degradation("images", 8),
-                Degradation("noise", 15, fp_rate=0.15), Degradation("noise", 30, fp_rate=0.3)),
-        draws_per_epoch=50, cost=REAL_COST,
-        why="Usiigaci, 6 budget points + the complete set, 3 methods, 119 iterations per row: <= 2 h on 2 cores"),
-    "full": Plan(
-        name="full", truth="usiigaci_train_oracle", test_set="usiigaci_test", weak="usiigaci_train_weak",
-        config_dir=os.path.join(REPO, "configs", "cpu"), opts=(), expected_images=25,
-        points=tuple([Degradation("cells", p) for p in (75, 50, 25, 10)]
-                     + [Degradation("images", k) for k in (1, 2, 4, 8, 16)]
-                     + [Degradation("noise", s, fp_rate=s / 100) for s in (10, 20, 30)]),
-        draws_per_epoch=150, cost=REAL_COST,
-        why="every point of the issue at the recipe's full length (20 epochs x 50 iterations): about a day"),
-    "quick": Plan(
-        name="quick", truth="synth_target_train_oracle", test_set="synth_target_test", weak=None,
-        config_dir=os.path.join(REPO, "configs", "demo"), opts=(), expected_images=4,
-        points=(Degradation("cells", 50), Degradation("images", 1), Degradation("noise", 20, fp_rate=0.2)),
-        draws_per_epoch=4, cost=Cost(iteration=0.3, clone=0.01, inference=0.04, per_row=1.8,
-                                     source="--quick measured on the 2 cores shared with 3 training processes"),
-        why="synthetic, tiny: tests the machinery end to end (CI), not a result"),
-}
-
 # --quick: the tiny model of the tests on 128 px synthetic images, 4 epochs of 2 iterations,
 # ADELE forced by its horizon at epoch 2 at the latest so that A+SISSI(S) corrects one epoch.
 QUICK_OPTS = [
@@ -156,17 +120,32 @@ QUICK_OPTS = [
 ]
 QUICK_DATA = dict(n_source_train=8, n_source_val=2, n_target_train=4, n_target_test=2, size=128)
 
+PLANS = {
+    "real": Plan(
+        name="real", truth="usiigaci_train_oracle", test_set="usiigaci_test", weak="usiigaci_train_weak",
+        config_dir=os.path.join(REPO, "configs", "cpu"), opts=tuple(RECIPE + REAL_SIZING + REAL_COMMON),
+        points=(Degradation("cells", 50), Degradation("cells", 10), Degradation("images", 2), Degradation("images", 8),
+                Degradation("noise", 15, fp_rate=0.15), Degradation("noise", 30, fp_rate=0.3)),
+        draws_per_epoch=50, cost=REAL_COST,
+        why="Usiigaci, 6 budget points + the complete set, 3 methods, 119 iterations per row: <= 2 h on 2 cores"),
+    "full": Plan(
+        name="full", truth="usiigaci_train_oracle", test_set="usiigaci_test", weak="usiigaci_train_weak",
+        # the recipe's own length: 20 epochs of 50 iterations
+        config_dir=os.path.join(REPO, "configs", "cpu"), opts=tuple(RECIPE + REAL_COMMON),
+        points=tuple([Degradation("cells", p) for p in (75, 50, 25, 10)]
+                     + [Degradation("images", k) for k in (1, 2, 4, 8, 16)]
+                     + [Degradation("noise", s, fp_rate=s / 100) for s in (10, 20, 30)]),
+        draws_per_epoch=150, cost=REAL_COST,
+        why="every point of the issue at the recipe's full length (20 epochs x 50 iterations): about a day"),
+    "quick": Plan(
+        name="quick", truth="synth_target_train_oracle", test_set="synth_target_test", weak=None,
+        config_dir=os.path.join(REPO, "configs", "demo"), opts=tuple(QUICK_OPTS),
+        points=(Degradation("cells", 50), Degradation("images", 1), Degradation("noise", 20, fp_rate=0.2)),
+        draws_per_epoch=4, cost=Cost(iteration=0.3, clone=0.01, inference=0.04, per_row=1.8,
+                                     source="--quick measured on the 2 cores shared with 3 training processes"),
+        why="synthetic, tiny: tests the machinery end to end (CI), not a result"),
+}
 
-def plan_opts(plan: Plan) -> list:
-    """The overrides every row of the plan gets, in order: the CPU recipe (real plans), the plan's
-    sizing, its test set, then the plan's own ``opts`` (e.g. from the command line)."""
-    if plan.name == "quick":
-        base = list(QUICK_OPTS)
-    elif plan.name == "full":
-        base = _recipe() + REAL_COMMON  # the recipe's own length: 20 epochs of 50 iterations
-    else:
-        base = _recipe() + REAL_SIZING + REAL_COMMON
-    return base + ["DATASETS.TEST", f"('{plan.test_set}',)"] + list(plan.opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +255,9 @@ def label_sets(plan: Plan, output: str, seed: int) -> dict:
     for name in plan_sets(plan, n_images):
         point = _point_of(plan, name)
         labels = truth if point is None else point.apply(truth, sizes, seed, weak=weak)
+        if not any(len(b) for b in labels.values()):
+            raise ValueError(f"the label set {name} holds no box at all: nothing to train on. Use a larger percentage "
+                             "or number of images.")
         dataset, path, digest = write_label_set(name, records, labels, os.path.join(output, "sets", name))
         empty = images_without_boxes(labels)
         if empty:
@@ -318,15 +300,18 @@ def repeats_for(plan: Plan, n_images: int) -> int:
 
 
 def set_configs(plan: Plan, output: str, name: str, dataset: str, n_images: int) -> dict:
-    """method key -> frozen config of the rows of one label set (``output/sets/<name>/<method>``)."""
+    """method key -> frozen config of the rows of one label set (``output/sets/<name>/<method>``).
+
+    Overrides, in order: the plan's (the CPU recipe and the sizing), its test set (after the
+    recipe, which sets none), the set's labels and repeats, the method's, the command line's."""
     from .specs import row_configs
 
-    common = plan_opts(plan) + ["SISSI.TARGET_DATASETS", f"('{dataset}',)",
+    common = list(plan.opts) + ["DATASETS.TEST", f"('{plan.test_set}',)", "SISSI.TARGET_DATASETS", f"('{dataset}',)",
                                 "SISSI.TARGET_REPEATS", str(repeats_for(plan, n_images))]
     cfgs = {}
     for m in METHODS:
         cfgs.update(row_configs([m], plan.config_dir, os.path.join(output, "sets", name),
-                                common + list(METHOD_OPTS.get(m.key, ()))))
+                                common + list(METHOD_OPTS.get(m.key, ())) + list(plan.extra_opts)))
     return cfgs
 
 
@@ -408,7 +393,8 @@ def describe_plan(plan: Plan, seed: int, n_images: int, n_test: int, times: dict
         pts = [(p, name) for ax, p, name in plan_points(plan, n_images) if ax == axis]
         if pts:
             lines.append(f"  {axis} ({AXES[axis]}): " + ", ".join(
-                f"{p.value:g}" + (f" (+{p.fp_rate:g} false/cell)" if p.fp_rate else "") + ("*" if name == COMPLETE else "")
+                f"{p.value:g}" + (f" (+{p.fp_rate:g} false/cell)" if p.fp_rate else "")
+                + (" (+ weak labels)" if p.others == "weak" and name != COMPLETE else "") + ("*" if name == COMPLETE else "")
                 for p, name in pts))
     lines.append("  (* = the complete set, trained once: Plain on it is the Oracle)")
     lines.append(f"  methods: {', '.join(m.name for m in METHODS)}; {len(times['sets'])} label sets -> "
@@ -548,7 +534,7 @@ def run_budget(plan: Plan, output: str, seed: int = 0, dry_run: bool = False, fi
     disk = disk_estimate(plan, cfgs, n_images, len(sets))
     say(describe_plan(plan, seed, n_images, n_test, times, disk))
     budget = {"plan": plan.name, "why": plan.why, "seed": seed, "truth": plan.truth, "test_set": plan.test_set,
-              "methods": {m.key: m.name for m in METHODS}, "opts": plan_opts(plan),
+              "methods": {m.key: m.name for m in METHODS}, "opts": list(plan.opts) + list(plan.extra_opts),
               "points": [{"axis": a, "value": p.value, "set": n, **_point_dict(p)} for a, p, n in plan_points(plan, n_images)],
               "estimate": times, "disk": disk, "sets": {}}
     if dry_run:
@@ -646,8 +632,9 @@ def _tick(axis: str, point: dict) -> str:
 
 
 def budget_figures(budget: dict, figure_dir: str) -> dict:
-    """One PNG per axis (``label_budget_<axis>.png``): AP50 and AR against the budget, one line per
-    method, the Oracle as a horizontal line. The quick plan's figures say so in their title."""
+    """One PNG per axis (``label_budget_<axis>.png``, ``label_budget_<plan>_<axis>.png`` for plans
+    other than "real"): AP50 and AR against the budget, one line per method, the Oracle as a
+    horizontal line. The quick plan's figures say in their title that they are no result."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)  # no display: files only
@@ -682,7 +669,8 @@ def budget_figures(budget: dict, figure_dir: str) -> dict:
         fig.suptitle(f"Label budget: {what} (plan {budget['plan']}, seed {budget['seed']}){quick}", fontsize=9)
         fig.tight_layout()
         os.makedirs(figure_dir, exist_ok=True)
-        path = os.path.join(figure_dir, f"label_budget_{axis}.png")
+        # the real plan's figures are label_budget_<axis>.png; others carry the plan in the name
+        path = os.path.join(figure_dir, f"label_budget_{'' if budget['plan'] == 'real' else budget['plan'] + '_'}{axis}.png")
         fig.savefig(path)
         plt.close(fig)
         out[axis] = path

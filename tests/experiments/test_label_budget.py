@@ -20,22 +20,19 @@ TOOL = os.path.join(ROOT, "tools", "label_budget.py")
 METHODS = ("weak_only", "cloning_only", "adele_sissi_s")
 
 
-def _run(out, tmp, *extra, timeout=600):
-    env = dict(os.environ, SISSI_SYNTHETIC_ROOT=str(tmp / "synthetic"), SISSI_CACHE_DIR=str(tmp / "cache"),
-               PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, TOOL, "--quick", "--output", str(out), *extra], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """The quick plan run twice into one folder (the second run must reuse everything)."""
     tmp = tmp_path_factory.mktemp("label_budget")
-    out = tmp / "out"
-    first = _run(out, tmp)
-    again = _run(out, tmp)
-    yield {"out": out, "first": first, "again": again}
+    env = {**os.environ, "SISSI_SYNTHETIC_ROOT": str(tmp / "synthetic"), "SISSI_CACHE_DIR": str(tmp / "cache"),
+           "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, TOOL, "--quick", "--output", str(tmp / "out")]
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        runs.append(proc.stdout)
+    yield {"out": tmp / "out", "first": runs[0], "again": runs[1]}
     shutil.rmtree(tmp, ignore_errors=True)  # ~1 GB of model_final.pth
 
 
@@ -59,7 +56,7 @@ def test_quick_plan_end_to_end(quick):
     assert "| Plain AP50 / AR" in table and "| A+SISSI(S) AP50 / AR" in table and "Oracle (Plain on the complete" in table
     assert table in stdout, "the table is printed too"
     for axis in ("cells", "images", "noise"):
-        png = out / "figures" / f"label_budget_{axis}.png"
+        png = out / "figures" / f"label_budget_quick_{axis}.png"
         img = cv2.imread(str(png))
         assert img is not None and img.shape[1] > 500, axis
     # the label sets on disk: exact per-image fractions of the truth, registered under their names

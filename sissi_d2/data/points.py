@@ -37,10 +37,13 @@ annotate. This module reads the exports of the usual tools and turns every click
     not listed take ``cell_size`` if given, else raise;
   - ``weak_labels`` (the default when no size is given): estimated per image from the weak-label
     pipeline's components (``sissi_d2.weak_labels``). The pipeline runs on the image; its boxes
-    that hold exactly one click are single clicked cells, and the median width and height of those
-    boxes is the image's cell size. Components holding several clicks are clusters of touching
-    cells and are not used; without any single-click component the median of all components is
-    used, and an image where the pipeline finds nothing takes the median size of the other images.
+    that hold a click are (parts of) cells, and the median width and height of those boxes is the
+    image's cell size. Unclicked components are left out (debris among them pulls the median
+    down); without any clicked component the median of all components is used, and an image where
+    the pipeline finds nothing takes the median size of the other images. Measured on 16
+    synthetic 256 px target images: within 6 % of the true median cell size at 25, 50 and 100 %
+    of the cells clicked, where the components holding exactly one click (fragments stay,
+    clusters go) drift from +4 % to -20 % as more cells are clicked (docs/points.md).
 
 * **Negatives**: clicks of the classes ``negative_classes`` (default ``artefact``, ``artifact``,
   ``negative``) mark debris, not cells: they get no box in ``annotations`` but are kept, boxed
@@ -547,16 +550,16 @@ class BoxSizeRule:
 
 def estimate_cell_size(weak_boxes, xy) -> tuple | None:
     """(width, height) of the cells of one image from the weak-label components ``weak_boxes``
-    (Nx4 XYXY) and the clicks ``xy`` (Mx2): the median size of the components that hold exactly one
-    click, else of all components; None without any component."""
+    (Nx4 XYXY) and the clicks ``xy`` (Mx2): the median size of the components that hold a click,
+    else of all components; None without any component."""
     boxes = np.asarray(weak_boxes, np.float64).reshape(-1, 4)
     if not len(boxes):
         return None
     xy = np.asarray(xy, np.float64).reshape(-1, 2)
     inside = ((xy[None, :, 0] >= boxes[:, None, 0]) & (xy[None, :, 0] <= boxes[:, None, 2])
               & (xy[None, :, 1] >= boxes[:, None, 1]) & (xy[None, :, 1] <= boxes[:, None, 3]))
-    single = boxes[inside.sum(axis=1) == 1]
-    use = single if len(single) else boxes
+    clicked = boxes[inside.any(axis=1)]
+    use = clicked if len(clicked) else boxes
     return float(np.median(use[:, 2] - use[:, 0])), float(np.median(use[:, 3] - use[:, 1]))
 
 

@@ -103,11 +103,11 @@ def test_cell_size_estimated_from_the_weak_label_components():
     from sissi_d2.data.points import estimate_cell_size
 
     weak = np.array([[0, 0, 10, 20], [20, 0, 32, 18], [40, 0, 80, 40], [90, 90, 130, 130]], float)
-    # the 40x40 component holds two clicks (a cluster), the last one none: only the first two count
+    # the last component holds no click (debris, or a cell nobody clicked): the first three count
     clicks = [(5, 5), (25, 5), (50, 10), (60, 30)]
-    assert estimate_cell_size(weak, clicks) == (11.0, 19.0)
-    # no single-click component: the median of all components
-    assert estimate_cell_size(weak, [(50, 10), (60, 30)]) == (26.0, 30.0)
+    assert estimate_cell_size(weak, clicks) == (12.0, 20.0)
+    # no clicked component: the median of all components
+    assert estimate_cell_size(weak, [(85, 50)]) == (26.0, 30.0)
     assert estimate_cell_size(np.zeros((0, 4)), clicks) is None
 
 

@@ -204,7 +204,16 @@ def click_box_quality(truth: dict, records: list, info: list, clicked: int, cell
     boxes = records_ground_truth(records)
     scored = {k: (b, np.ones(len(b))) for k, b in boxes.items()}
     sizes = [i["cell_size"] for i in info if i.get("cell_size")]
+    # each image's cell size against its true median cell size (how the size rule did)
+    ratios = []
+    for i in info:
+        t = np.asarray(truth.get(i["image"], np.zeros((0, 4))), np.float64).reshape(-1, 4)
+        if i.get("cell_size") and len(t):
+            ratios.append(np.asarray(i["cell_size"]) / (np.median(t[:, 2] - t[:, 0]), np.median(t[:, 3] - t[:, 1])))
+    ratios = np.asarray(ratios).reshape(-1, 2)
     return {"clicks": clicked, "cells": cells, **label_set_f1(truth, boxes),
+            "cell_size_vs_true_median": [round(float(v), 3) for v in np.median(ratios, axis=0)] if len(ratios) else None,
+            "cell_size_error_percent": round(float(100 * np.median(np.abs(ratios - 1))), 1) if len(ratios) else None,
             **{k: coco_box_metrics(truth, scored)[k] for k in ("AP50", "AP75", "AP", "AR")},
             "box_scale_vs_truth": median_box_scale(truth, scored, min_score=0.0),
             "median_cell_size": [round(float(np.median([s[0] for s in sizes])), 1),
@@ -432,10 +441,13 @@ def report_markdown(results: dict, setting: Setting) -> str:
              "```", *results["plan"], "```\n", "## Boxes from the clicks against the true boxes\n",
              markdown_table([[f"{f} %", str(v["clicks"]), fmt(v["precision50"]), fmt(v["recall50"]), fmt(v["F1_50"]),
                               fmt(v["AP50"]), str(v["box_scale_vs_truth"]), str(v["median_cell_size"]),
+                              str(v["cell_size_vs_true_median"]), fmt(v["cell_size_error_percent"]),
                               ", ".join(v["size_from"])] for f, v in q.items()],
                             ["clicked", "clicks", "precision@0.5", "recall@0.5", "F1@0.5", "AP50", "box / true size (w, h)",
-                             "median cell size (px)", "size from"]),
-             "\nRecall is bounded by the share of cells clicked; precision and the size ratio measure the box rule.\n",
+                             "median cell size (px)", "cell size / true median", "its error %", "size from"]),
+             "\nRecall is bounded by the share of cells clicked; precision and the size ratios measure the box rule: "
+             "\"box / true size\" over boxes matched at IoU >= 0.3, \"cell size / true median\" the size each image "
+             "used against the median size of its true cells (median over the images, and the median error).\n",
              f"## Rows on the test set ({setting.test_set})\n",
              markdown_table([[f"{f} %", results["row_names"][k]] + [fmt(m.get(x)) for x in METRICS]
                              for f, rows in results["rows"].items() for k, m in rows.items()],

@@ -106,8 +106,9 @@ def test_cell_size_estimated_from_the_weak_label_components():
     # the last component holds no click (debris, or a cell nobody clicked): the first three count
     clicks = [(5, 5), (25, 5), (50, 10), (60, 30)]
     assert estimate_cell_size(weak, clicks) == (12.0, 20.0)
-    # no clicked component: the median of all components
-    assert estimate_cell_size(weak, [(85, 50)]) == (26.0, 30.0)
+    # fewer clicked components than MIN_COMPONENTS (3): no estimate of its own for this image
+    assert estimate_cell_size(weak, [(50, 10), (60, 30)]) is None
+    assert estimate_cell_size(weak, [(50, 10)], min_components=1) == (40.0, 40.0)
     assert estimate_cell_size(np.zeros((0, 4)), clicks) is None
 
 
@@ -116,21 +117,25 @@ def test_weak_label_rule_per_image_with_fallback(tmp_path, images, monkeypatch):
     from sissi_d2.data.points import BoxSizeRule, point_boxes
 
     def fake_pipeline(image, pipeline, cell_size, **kwargs):
-        # a.png (80 px high) has one 16x12 component around its click; b.png none
+        # a.png (80 px high): three 16x12 components, one around each click, and a speck; b.png: one
+        # 30x30 component around its click, too few for an estimate of its own
         assert pipeline == "phase" and kwargs == {"texture_k": 2.5}
         if image.shape[0] == 80:
-            return np.array([[42, 34, 58, 46]], np.float32), np.ones(1, np.float32)
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+            boxes = [[42, 34, 58, 46], [2, 4, 18, 16], [72, 64, 88, 76], [90, 5, 92, 7]]
+        else:
+            boxes = [[15, 10, 45, 40]]
+        return np.asarray(boxes, np.float32), np.ones(len(boxes), np.float32)
 
     monkeypatch.setattr(weak_labels, "make_weak_labels", fake_pipeline)
     path = tmp_path / "w.csv"
-    path.write_text("image,x,y\na.png,50,40\nb.png,30,25\n")
+    path.write_text("image,x,y\na.png,50,40\na.png,10,10\na.png,80,70\nb.png,30,25\n")
     rule = BoxSizeRule.make(pipeline="phase", pipeline_kwargs={"texture_k": 2.5})
     assert rule.size_from == "weak_labels"
     records, info = point_boxes(path, images, rule=rule)
-    np.testing.assert_allclose(_boxes(records[0]), [[42, 34, 58, 46]])
-    np.testing.assert_allclose(_boxes(records[1]), [[22, 19, 38, 31]])  # the other images' size
-    assert [i["size_from"] for i in info] == ["weak_labels", "other images"]
+    np.testing.assert_allclose(_boxes(records[0])[0], [42, 34, 58, 46])  # the speck holds no click: not counted
+    # b.png: the median of the clicked components of all images (16, 16, 16, 30 x 12, 12, 12, 30)
+    np.testing.assert_allclose(_boxes(records[1]), [[22, 19, 38, 31]])
+    assert [i["size_from"] for i in info] == ["weak_labels", "weak_labels, all images"]
 
 
 @pytest.mark.parametrize("content, message", [

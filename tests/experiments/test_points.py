@@ -59,7 +59,9 @@ def test_clicks_boxes_and_rows(quick):
     q = results["click_boxes"]["50"]
     assert q["clicks"] == len(clicks.clicks) == sum(len(r["annotations"]) for r in boxes) > 0
     assert q["clicks"] == round(q["cells"] / 2) or abs(q["clicks"] - q["cells"] / 2) <= 4, "about half the cells"
-    assert q["size_from"] == ["weak_labels"] and 0 < q["recall50"] <= 100
+    # 2 or 3 clicks per quick image: each image's own estimate or, below 3 clicked components, the set's
+    assert set(q["size_from"]) <= {"weak_labels", "weak_labels, all images"} and 0 < q["recall50"] <= 100
+    assert q["cell_size_vs_true_median"] and q["cell_size_error_percent"] is not None
     rows = results["rows"]["50"]
     assert list(rows) == list(ROWS)
     for key, m in rows.items():

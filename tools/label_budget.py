@@ -132,9 +132,9 @@ def _register(plan_name: str, specs) -> None:
         register_from_spec(spec)
     if plan_name == "quick":
         from sissi_d2.data.synthetic import write_synthetic_dataset
-        from sissi_d2.experiments.label_budget import QUICK_DATA
+        from sissi_d2.experiments.demo import QUICK_DATA
 
-        root = synthetic_root() + "_quick"  # the demo's quick set: written once, shared
+        root = synthetic_root() + "_quick"  # the demo's quick set (same root, same sizes): written once, shared
         sizes = dict(QUICK_DATA)
         size = sizes.pop("size")
         write_synthetic_dataset(root, size=(size, size), seed=0, **sizes)
@@ -152,7 +152,8 @@ def main(argv=None) -> int:
         plan = _plan(args)
     except ValueError as e:
         sys.exit(f"label_budget: {e}")
-    output = os.path.abspath(args.output or os.path.join("output", "label_budget" + ("" if plan.name == "real" else f"_{plan.name}")))
+    default = "label_budget" + ("" if plan.name == "real" else f"_{plan.name}")
+    output = os.path.abspath(args.output or os.path.join("output", default))
     _logging(output)
     try:
         _register(plan.name, args.register)

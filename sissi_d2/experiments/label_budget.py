@@ -30,8 +30,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..data.label_degradation import (AXES, Degradation, check_complete_labels, choose_images, images_without_boxes,
                                       labels_of_records)
 from ..utils.atomic import atomic_write_json
@@ -118,7 +116,6 @@ QUICK_OPTS = [
     "SISSI.PSEUDO.SCALES", "(1.0,)", "SISSI.PSEUDO.FLIPS", "('none', 'hv')",
     "SISSI.SOURCE_VAL_DATASETS", "()", "SISSI.EVAL.MAX_DETS", "400",
 ]
-QUICK_DATA = dict(n_source_train=8, n_source_val=2, n_target_train=4, n_target_test=2, size=128)
 
 PLANS = {
     "real": Plan(
@@ -245,7 +242,8 @@ def label_sets(plan: Plan, output: str, seed: int) -> dict:
 
     if plan.truth not in DatasetCatalog.list():
         raise KeyError(f"the complete label set {plan.truth!r} is not registered: the real data lives in "
-                       "../shared/data (or SISSI_SHARED_DATA, see datasets/README.md); --quick writes its synthetic set first")
+                       "../shared/data (or SISSI_SHARED_DATA, see datasets/README.md); --quick writes its synthetic "
+                       "set first")
     records = DatasetCatalog.get(plan.truth)
     check_complete_labels(records, plan.truth)
     truth, sizes = labels_of_records(records)
@@ -350,7 +348,8 @@ def estimate(plan: Plan, sets: dict, n_test: int, output: str = "/tmp/label_budg
     for name, n in sets.items():
         cfgs = set_configs(plan, output, name, DATASET_PREFIX + name, n)
         a = cfgs["adele_sissi_s"]
-        epochs, horizon, min_points = int(a.SISSI.EPOCHS), int(a.SISSI.ADELE.HORIZON or a.SISSI.EPOCHS), int(a.SISSI.ADELE.MIN_POINTS)
+        epochs, min_points = int(a.SISSI.EPOCHS), int(a.SISSI.ADELE.MIN_POINTS)
+        horizon = int(a.SISSI.ADELE.HORIZON or epochs)  # 0: over all epochs
         fewest, most = max(0, epochs - horizon - 1), max(0, epochs - min_points)
         base = (row_seconds(cfgs["weak_only"], n, n_test, plan.cost)
                 + row_seconds(cfgs["cloning_only"], n, n_test, plan.cost))
@@ -459,9 +458,9 @@ def _progress_hook(clock: _Clock, set_name: str):
                 return
             now = time.time()
             steps = it - max(self.first, it - self.ipe)
-            logger.info("[%s] %s, %s: epoch %d/%d trained, %.2f s per iteration (with the epoch's checks)", clock.stamp(), set_name,
-                        METHOD_NAMES[self.row], it // self.ipe - 1, self.trainer.max_iter // self.ipe - 1,
-                        (now - self.t_epoch) / max(1, steps))
+            logger.info("[%s] %s, %s: epoch %d/%d trained, %.2f s per iteration (with the epoch's checks)",
+                        clock.stamp(), set_name, METHOD_NAMES[self.row], it // self.ipe - 1,
+                        self.trainer.max_iter // self.ipe - 1, (now - self.t_epoch) / max(1, steps))
             self.t_epoch, self.first = now, it
 
     return lambda row, trainer: [BudgetProgress(row, trainer.iters_per_epoch)]
@@ -475,17 +474,9 @@ def _set_fingerprint(plan: Plan, seed: int, info: dict, cfgs: dict) -> str:
                         .encode()).hexdigest()[:16]
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def run_set(plan: Plan, output: str, name: str, info: dict, seed: int, hooks=None) -> dict:
     """Train (or reuse) the three rows of one label set; returns and writes its ``result.json``."""
-    from .demo import prune_checkpoints
+    from .demo import _read_json, prune_checkpoints  # a missing or half-written json reads as None
     from .report import four
     from .rows import run_rows
 
@@ -535,7 +526,8 @@ def run_budget(plan: Plan, output: str, seed: int = 0, dry_run: bool = False, fi
     say(describe_plan(plan, seed, n_images, n_test, times, disk))
     budget = {"plan": plan.name, "why": plan.why, "seed": seed, "truth": plan.truth, "test_set": plan.test_set,
               "methods": {m.key: m.name for m in METHODS}, "opts": list(plan.opts) + list(plan.extra_opts),
-              "points": [{"axis": a, "value": p.value, "set": n, **_point_dict(p)} for a, p, n in plan_points(plan, n_images)],
+              "points": [{"axis": a, "value": p.value, "set": n, **_point_dict(p)}
+                         for a, p, n in plan_points(plan, n_images)],
               "estimate": times, "disk": disk, "sets": {}}
     if dry_run:
         return budget

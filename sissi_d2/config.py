@@ -151,7 +151,7 @@ def add_sissi_config(cfg):
     # inflate them (the extent of a rotated rectangle), so none are offered.
     _C.SISSI.SYNTH.FLIP = True
     _C.SISSI.SYNTH.ROTATE90 = True
-    _C.SISSI.SYNTH.BLEND = "feather"  # "feather" | "hard" | "seamless" (Poisson, ~0.5 s per 1 MP image)
+    _C.SISSI.SYNTH.BLEND = "feather"  # "feather" | "hard" | "seamless" (Poisson cloning, ~0.6 s per 1 MP image)
     _C.SISSI.SYNTH.FEATHER = 3  # px of the soft patch edge
     # Patches kept per epoch (cut from whole images, chosen by seed and epoch, until this many).
     _C.SISSI.SYNTH.MAX_PATCHES = 4000

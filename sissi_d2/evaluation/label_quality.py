@@ -13,9 +13,9 @@ import os
 import re
 
 from ..data.label_files import read_label_json
-from .box_metrics import coco_box_metrics, label_set_f1
+from .box_metrics import coco_box_metrics, label_failure_modes, label_set_f1
 
-__all__ = ["snapshot_paths", "pseudo_label_quality"]
+__all__ = ["snapshot_paths", "pseudo_label_quality", "label_set_quality"]
 
 _SNAPSHOT = re.compile(r"epoch_(\d+)\.json$")
 
@@ -30,12 +30,16 @@ def snapshot_paths(output_dir: str) -> list:
     return sorted(found)
 
 
+def label_set_quality(gt: dict, labels: dict, max_dets: int = 400) -> dict:
+    """One label set against ``gt``: COCO AP/AR of its boxes ranked by score, F1 at IoU 0.5 with
+    scores ignored (what training sees), and its failure modes (missed cells, false positives,
+    loose boxes, size ratio; ``box_metrics.label_failure_modes``)."""
+    return {**coco_box_metrics(gt, labels, max_dets=max_dets), **label_set_f1(gt, labels),
+            **label_failure_modes(gt, labels)}
+
+
 def pseudo_label_quality(gt: dict, output_dir: str, max_dets: int = 400) -> list:
-    """[{"epoch": e, "AP50": .., "AP75": .., "AP": .., "AR": .., "num_gt", "num_pred", "precision50",
-    "recall50", "F1_50"}] of every
-    snapshot of the run in ``output_dir`` against ``gt`` (file basename -> true XYXY boxes)."""
-    out = []
-    for epoch, path in snapshot_paths(output_dir):
-        labels = read_label_json(path)
-        out.append(dict(epoch=epoch, **coco_box_metrics(gt, labels, max_dets=max_dets), **label_set_f1(gt, labels)))
-    return out
+    """[{"epoch": e, **label_set_quality}] of every snapshot of the run in ``output_dir`` against
+    ``gt`` (file basename -> true XYXY boxes)."""
+    return [dict(epoch=epoch, **label_set_quality(gt, read_label_json(path), max_dets))
+            for epoch, path in snapshot_paths(output_dir)]

@@ -9,8 +9,7 @@ import os
 import numpy as np
 
 from ..data.label_files import read_label_json
-from ..evaluation.box_metrics import coco_box_metrics
-from ..evaluation.label_quality import pseudo_label_quality, snapshot_paths
+from ..evaluation.label_quality import label_set_quality, pseudo_label_quality, snapshot_paths
 
 __all__ = ["METRICS", "four", "fmt", "markdown_table", "dataset_truth", "row_predictions", "training_label_quality",
            "spread", "pseudo_label_panels", "test_prediction_panels", "memorisation_figure"]
@@ -60,7 +59,7 @@ def training_label_quality(truth: dict, weak_labels, row_dirs: dict, max_dets: i
     key -> (boxes, scores)), then every pseudo-label snapshot of each row in ``row_dirs``
     (name -> output folder). {"weak_labels": metrics, "pseudo_labels": {name: [{"epoch", metrics...}]}}."""
     weak = read_label_json(weak_labels) if isinstance(weak_labels, str) else weak_labels
-    return {"weak_labels": coco_box_metrics(truth, weak, max_dets=max_dets),
+    return {"weak_labels": label_set_quality(truth, weak, max_dets=max_dets),
             "pseudo_labels": {name: pseudo_label_quality(truth, d, max_dets=max_dets) for name, d in row_dirs.items()}}
 
 

@@ -212,8 +212,6 @@ def _memorisation(out_dir: str) -> dict:
 def run_entry(name: str, output: str) -> dict:
     """Run (or resume) one entry; returns and writes its ``study.json``."""
     from ..engine.trainer import SISSITrainer
-    from ..data.label_files import read_label_json
-    from ..evaluation.box_metrics import label_set_f1
     from .report import dataset_truth, training_label_quality
     from .rows import _branch, check_row_settings
 
@@ -237,7 +235,7 @@ def run_entry(name: str, output: str) -> dict:
         weak_json = _weak_json(cfg)
         quality = training_label_quality(truth, weak_json, {e.name: cfg.OUTPUT_DIR})
         result = {"model_vs_training_truth": _model_quality(cfg, trainer.model, truth),
-                  "weak_labels_vs_training_truth": {**quality["weak_labels"], **label_set_f1(truth, read_label_json(weak_json))},
+                  "weak_labels_vs_training_truth": quality["weak_labels"],
                   "pseudo_labels_vs_training_truth": quality["pseudo_labels"][e.name],
                   "memorisation": _memorisation(cfg.OUTPUT_DIR)}
     result.update(entry=e.name, kind=e.kind, why=e.why, minutes=round((time.time() - t0) / 60, 1))
@@ -274,6 +272,7 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
     from ..engine.inference import RecordPredictor, fusion_kwargs, inference_mode
     from ..engine.trainer import SISSITrainer
     from ..evaluation.box_metrics import coco_box_metrics, label_set_f1
+    from ..evaluation.label_quality import label_set_quality
     from ..algorithms.wbf import fuse_views
     from ..engine.hooks import boxes_of
 
@@ -303,7 +302,7 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
     weak_scored = {k: (b, np.ones(len(b))) for k, b in weak.items()}
     return {"weights": weights, "grid": rows,
             "model_vs_training_truth": coco_box_metrics(truth, plain, max_dets=parent_cfg.SISSI.EVAL.MAX_DETS),
-            "weak_labels_vs_training_truth": {**coco_box_metrics(truth, weak_scored), **label_set_f1(truth, weak)}}
+            "weak_labels_vs_training_truth": label_set_quality(truth, weak_scored)}
 
 
 def test_entry(name: str, output: str) -> dict:

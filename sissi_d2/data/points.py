@@ -686,7 +686,7 @@ def load_point_boxes(path, image_root=None, size_from=None, cell_size=None, clas
     path = os.path.abspath(os.fspath(path))
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size, None if image_root is None else os.path.abspath(os.fspath(image_root)),
-           rule, float(merge_distance), tuple(negative_classes))
+           repr(rule), float(merge_distance), tuple(negative_classes))  # repr: pipeline kwargs may hold lists
     if key not in _CACHE:
         _CACHE[key] = point_boxes(path, image_root, rule=rule, merge_distance=merge_distance,
                                   negative_classes=negative_classes)[0]

@@ -155,7 +155,6 @@ def _setup_logging(output: str):
 
 
 def cmd_compare(args) -> int:
-    import sissi_d2  # noqa: F401  (compatibility patches before detectron2)
     from sissi_d2.experiments.points import SETTINGS, run_comparison
 
     setting = SETTINGS["quick" if args.quick else "real"]

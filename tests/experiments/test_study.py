@@ -64,3 +64,19 @@ def test_the_cpu_rows_train_the_recipes_trunk(tmp_path):
         a, b = row_settings(cfg), row_settings(entry_cfg)
         differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
         assert differ <= {"DATASETS.TEST", "SISSI.DISK.KEEP_LAST"} | {k for k in differ if k.startswith("SISSI.PSEUDO.")}
+
+
+def test_the_brake_entries_differ_from_table1_rows_only_by_their_brakes(tmp_path):
+    import os
+
+    from sissi_d2.config_builder import build_config
+    from sissi_d2.experiments import study
+    from sissi_d2.experiments.rows import row_settings
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for row, name in (("adele_sissi_s", "r3_b9_clone_ema_vote"), ("plain_adele", "r3_b9_plain_ema_vote")):
+        a = row_settings(build_config(os.path.join(root, "configs", "cpu", f"{row}.yaml"), []))
+        b = row_settings(study.entry_config(study.entry(name), str(tmp_path)))
+        differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+        assert differ == {"SISSI.START_RULE", "SISSI.PSEUDO.TEACHER", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT",
+                          "DATASETS.TEST", "SISSI.DISK.KEEP_LAST"}, (row, differ)

@@ -1,10 +1,11 @@
 """tools/points.py compare --quick end to end: plan, clicks -> boxes, four rows, report, figures, resume.
 
-One quick run (about half a minute on 2 CPU cores) into a temporary folder with its own synthetic
+The quick comparison (about 10 s of training) run twice into a temporary folder with its own synthetic
 root and cache; a second run must reuse every row.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,20 +18,20 @@ TOOL = os.path.join(ROOT, "tools", "points.py")
 ROWS = ("boxes", "cutpaste", "cutpaste_real10", "cutpaste_real10_sissi")
 
 
-def _run(out, tmp, timeout=600):
-    env = dict(os.environ, SISSI_SYNTHETIC_ROOT=str(tmp / "synthetic"), SISSI_CACHE_DIR=str(tmp / "cache"),
-               PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, TOOL, "compare", "--quick", "--output", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc.stdout
-
-
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """The quick comparison run twice into one folder: the second run must reuse every row."""
     tmp = tmp_path_factory.mktemp("points")
-    out = tmp / "out"
-    return {"out": out, "first": _run(out, tmp), "second": _run(out, tmp)}
+    env = {**os.environ, "SISSI_SYNTHETIC_ROOT": str(tmp / "synthetic"), "SISSI_CACHE_DIR": str(tmp / "cache"),
+           "PYTHONWARNINGS": "ignore"}
+    stdout = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, TOOL, "compare", "--quick", "--output", str(tmp / "out")], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        stdout.append(proc.stdout)
+    yield {"out": tmp / "out", "first": stdout[0], "second": stdout[1]}
+    shutil.rmtree(tmp, ignore_errors=True)  # four model_final.pth of ~90 MB
 
 
 def test_plan_then_progress_then_report(quick):

@@ -71,6 +71,13 @@ def row_settings(cfg) -> dict:
     return _flat(d)
 
 
+def _default_settings() -> dict:
+    """row_settings of the default config (Detectron2's and sissi_d2's defaults, no file)."""
+    from ..config_builder import build_config
+
+    return row_settings(build_config(None, []))
+
+
 def _clones_before_start(cfg) -> bool:
     return cfg.SISSI.CLONING.MODE == "always"
 
@@ -146,7 +153,8 @@ def check_row_settings(cfg) -> None:
     continue or reuse the old weights. It stops with the keys that differ instead. Pseudo-label
     settings are not compared for a row that never corrects (START_RULE never), nor disk
     retention, nor the test sets of rows evaluated only after training (TEST.EVAL_PERIOD 0): the
-    finished row is evaluated on the current ones."""
+    finished row is evaluated on the current ones. An option newer than the record counts as
+    unchanged while it has its default value."""
     path = os.path.join(cfg.OUTPUT_DIR, "sissi", "row_settings.json")
     current = row_settings(cfg)
     if os.path.isfile(path):
@@ -156,9 +164,13 @@ def check_row_settings(cfg) -> None:
         # them (e.g. a recipe that changed its TTA views) still names the same weights.
         inert = _PSEUDO if cfg.SISSI.START_RULE == "never" else None
         was = SimpleNamespace(TEST=SimpleNamespace(EVAL_PERIOD=recorded.get("TEST.EVAL_PERIOD", -1)))
+        # An option added to sissi_d2 after the row was recorded, still at its default, is the
+        # behaviour the row was trained with (every new option defaults to the old behaviour).
+        added = _default_settings()
         diff = sorted(k for k in set(recorded) | set(current)
                       if recorded.get(k) != current.get(k) and not (inert and k.startswith(inert))
-                      and not _never_touches_weights(k, cfg, was))
+                      and not _never_touches_weights(k, cfg, was)
+                      and not (k not in recorded and k in added and current.get(k) == added[k]))
         if diff:
             shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
             raise ValueError(

@@ -133,6 +133,14 @@ def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
         check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "DATASETS.TEST", "('tiny_test',)",
                                     "TEST.EVAL_PERIOD", "2"))
     check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SISSI.DISK.KEEP_LAST", "0"))  # retention only
+    # a record from before an option existed: the option at its default is what that row did
+    path = tmp_path / "row" / "sissi" / "row_settings.json"
+    older = {k: v for k, v in json.loads(path.read_text()).items() if k != "SISSI.PSEUDO.EMA_MOMENTUM"}
+    path.write_text(json.dumps(older))
+    path.write_text(json.dumps({k: v for k, v in older.items() if k != "SOLVER.NESTEROV"}))
+    check_row_settings(_row_cfg(tmp_path / "row", "never"))
+    with pytest.raises(ValueError, match=r"SOLVER\.NESTEROV"):
+        check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SOLVER.NESTEROV", "True"))
     corrects = _row_cfg(tmp_path / "corr", "epoch:1")
     check_row_settings(corrects)
     with pytest.raises(ValueError, match=r"SISSI\.PSEUDO\.SCORE_THRESH"):

@@ -34,7 +34,6 @@ from ..data.label_degradation import (AXES, Degradation, check_complete_labels, 
                                       labels_of_records)
 from ..utils.atomic import atomic_write_json
 from .specs import RowSpec
-from .study import RECIPE
 
 __all__ = ["METHODS", "Cost", "Plan", "PLANS", "plan_points", "plan_sets", "label_sets", "set_configs", "estimate",
            "run_set", "run_budget", "write_label_set", "budget_table", "budget_figures", "describe_plan"]
@@ -120,7 +119,7 @@ QUICK_OPTS = [
 PLANS = {
     "real": Plan(
         name="real", truth="usiigaci_train_oracle", test_set="usiigaci_test", weak="usiigaci_train_weak",
-        config_dir=os.path.join(REPO, "configs", "cpu"), opts=tuple(RECIPE + REAL_SIZING + REAL_COMMON),
+        config_dir=os.path.join(REPO, "configs", "cpu"), opts=tuple(REAL_SIZING + REAL_COMMON),
         points=(Degradation("cells", 50), Degradation("cells", 10), Degradation("images", 2), Degradation("images", 8),
                 Degradation("noise", 15, fp_rate=0.15), Degradation("noise", 30, fp_rate=0.3)),
         draws_per_epoch=50, cost=REAL_COST,
@@ -128,7 +127,7 @@ PLANS = {
     "full": Plan(
         name="full", truth="usiigaci_train_oracle", test_set="usiigaci_test", weak="usiigaci_train_weak",
         # the recipe's own length: 20 epochs of 50 iterations
-        config_dir=os.path.join(REPO, "configs", "cpu"), opts=tuple(RECIPE + REAL_COMMON),
+        config_dir=os.path.join(REPO, "configs", "cpu"), opts=tuple(REAL_COMMON),
         points=tuple([Degradation("cells", p) for p in (75, 50, 25, 10)]
                      + [Degradation("images", k) for k in (1, 2, 4, 8, 16)]
                      + [Degradation("noise", s, fp_rate=s / 100) for s in (10, 20, 30)]),

@@ -7,9 +7,13 @@ cut-paste images, and the measured comparison (docs/points.md).
   python tools/points.py boxes clicks.csv --images /data/lab/images --pipeline phase --output lab_boxes.json
   # 2. what SISSI.SYNTH will train on: cut-paste images made from those boxes, with their boxes
   python tools/points.py preview lab_boxes.json --output lab_cutpaste.png [SISSI.SYNTH.CANVAS blank ...]
-  # the comparison: boxes from clicks vs cut-paste images (+ 10 % real, + SISSI), 25/50/100 % clicked
+  # the comparison: boxes from clicks vs cut-paste images (+ 10 % real, + SISSI)
   python tools/points.py compare --plan-only                 # the plan and its time; trains nothing
-  python tools/points.py compare --output output/points      # the real data (../shared/data), hours
+  python tools/points.py compare                             # real data (../shared/data): 25 + 100 % clicked,
+                                                             #   rows of 250 iterations, < 1 h (output/points)
+  python tools/points.py compare --fractions 25 50 100       # the same with the 50 % click set too
+  python tools/points.py compare --full                      # the plan: 25/50/100 %, the recipe's
+                                                             #   1000 iterations, ~5.5 h (output/points_full)
   python tools/points.py compare --quick --output /tmp/pts   # synthetic, about a minute (tests)
   python tools/points.py compare ... SISSI.SYNTH.CANVAS blank # KEY VALUE overrides for every row
 
@@ -56,10 +60,14 @@ def parse_args(argv=None):
     v.add_argument("--seed", type=int, default=0)
     _size_options(v)
     c = sub.add_parser("compare", help="the measured comparison (docs/points.md)")
-    c.add_argument("--quick", action="store_true", help="synthetic data, tiny model: the machinery in about a minute")
-    c.add_argument("--output", default=None, help="default output/points (--quick: output/points_quick)")
+    plan = c.add_mutually_exclusive_group()
+    plan.add_argument("--full", action="store_true", help="the issue's plan: 25/50/100 %% clicked, rows at the CPU "
+                      "recipe's length (1000 iterations), about 5.5 h; default: 25/100 %%, rows of 250 iterations, < 1 h")
+    plan.add_argument("--quick", action="store_true", help="synthetic data, tiny model: the machinery in about a minute")
+    c.add_argument("--output", default=None, help="default output/points (--full: output/points_full, --quick: "
+                   "output/points_quick)")
     c.add_argument("--fractions", type=int, nargs="+", default=None, help="percent of the cells clicked "
-                   "(default 25 50 100; --quick 50)")
+                   "(default 25 100; --full 25 50 100; --quick 50)")
     c.add_argument("--plan-only", action="store_true", help="print the plan and its time estimate, train nothing")
     c.add_argument("--synthetic-root", default=None, help="--quick: the synthetic data folder (default: the demo's, _quick)")
     # KEY VALUE config overrides may follow anywhere (preview: SISSI.SYNTH.*; compare: every row)
@@ -157,8 +165,10 @@ def _setup_logging(output: str):
 def cmd_compare(args) -> int:
     from sissi_d2.experiments.points import SETTINGS, run_comparison
 
-    setting = SETTINGS["quick" if args.quick else "real"]
-    output = os.path.abspath(args.output or os.path.join("output", "points_quick" if args.quick else "points"))
+    setting = SETTINGS["quick" if args.quick else "full" if args.full else "real"]
+    # each plan its own folder: a row's folder is reused only with the settings it was trained with
+    output = os.path.abspath(args.output or os.path.join("output", {"real": "points"}.get(setting.name,
+                                                                                       f"points_{setting.name}")))
     _setup_logging(output)
     if args.quick:
         from sissi_d2.config_builder import synthetic_root

@@ -2,11 +2,11 @@
 
 Clicks are simulated from a completely labelled training set: the centroid of every cell of the
 oracle masks (Usiigaci, ``usiigaci_train_oracle``; ``--quick``: the synthetic target), of which
-25 / 50 / 100 % are kept per image (``data.label_degradation.keep_boxes``: the same cells the
-label-budget study keeps at that percentage, nested: the 25 % clicks are among the 50 %). They
-are written as a point CSV and read back through ``data.points`` like a lab's export, each click
-becoming a box of the cell size estimated per image from the weak-label pipeline's components.
-Four rows then train on each click set:
+a share is kept per image (``data.label_degradation.keep_boxes``: the same cells the label-budget
+study keeps at that percentage, nested: the 25 % clicks are among the 50 %). They are written as
+a point CSV and read back through ``data.points`` like a lab's export, each click becoming a box
+of the cell size estimated per image from the weak-label pipeline's components. Four rows then
+train on each click set:
 
 * **Boxes from clicks**: the real images with the boxes of the clicks (the Weak-only setting);
 * **Cut-paste only**: every target draw a cut-paste image (``SISSI.SYNTH``, real fraction 0);
@@ -16,9 +16,14 @@ Four rows then train on each click set:
   pseudo-labels.
 
 The rows of a click set are trained with ``experiments.rows.run_rows`` (the last row branches
-from the third) on the CPU recipe (``study.RECIPE`` on configs/cpu/weak_only.yaml) and scored on
-the test set. The quality of the boxes made from the clicks is measured against the truth too.
-Resumable: finished rows are reused and an interrupted one resumes (``run_rows``).
+from the third) on the CPU recipe (configs/cpu/weak_only.yaml, on configs/cpu/Base-Recipe.yaml) and
+scored on the test set. The quality of the boxes made from the clicks is measured against the
+truth too. Resumable: finished rows are reused and an interrupted one resumes (``run_rows``).
+
+Three plans (``SETTINGS``): ``real``, the default, fits in an hour on the 2-core machine (25 and
+100 % clicked, rows of 10 epochs x 25 iterations: a quarter of the recipe's length); ``full``, the
+issue's plan (25 / 50 / 100 % at the recipe's 20 epochs x 50 iterations, about 5.5 h); ``quick``,
+the machinery on tiny synthetic data. ``estimate_seconds`` is the one cost model of all three.
 """
 from __future__ import annotations
 
@@ -31,14 +36,15 @@ import numpy as np
 
 from ..utils.atomic import atomic_write_json
 
-__all__ = ["FRACTIONS", "ROWS", "TRUNK", "Setting", "SETTINGS", "setting_opts", "row_configs", "clicks_from_masks",
-           "keep_clicks", "click_boxes", "estimate_seconds", "describe_plan", "synthesized_examples", "run_comparison",
-           "report_markdown"]
+__all__ = ["FRACTIONS", "REAL_FRACTIONS", "REAL_OPTS", "ROWS", "TRUNK", "Setting", "SETTINGS", "setting_opts",
+           "row_configs", "clicks_from_masks", "keep_clicks", "click_boxes", "estimate_seconds",
+           "describe_plan", "synthesized_examples", "run_comparison", "report_markdown"]
 
 logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FRACTIONS = (25, 50, 100)
+FRACTIONS = (25, 50, 100)  # the issue's click sets (the full plan; --fractions 25 50 100 for the real one)
+REAL_FRACTIONS = (25, 100)  # the default real plan: the two ends; 50 % by --fractions
 CLICK_SEED = 0  # which cells are clicked at each percentage (nested across percentages)
 
 
@@ -72,23 +78,42 @@ class Setting:
     size_rule: tuple  # BoxSizeRule.make keyword arguments, as ((key, value), ...)
     correction_start: int  # first epoch of the SISSI row's correction
     fractions: tuple
-    # seconds: one training iteration, one synthetic image, one image through the model
+    # seconds: one training iteration, one synthetic image, one image through the model, one
+    # synthetic-like (cloned) real image
     cost: tuple
     why: str
+    opts: tuple = ()  # KEY VALUE overrides of every row of this plan, on the config
 
+
+# Costs on the idle 2-core machine: 1.5 s per recipe iteration of 4 crops of 320 px
+# (docs/experiments.md, r2), 0.05 s per 1024x1022 cut-paste image (blur canvas + feathered
+# pasting, measured, docs/points.md), 0.23 s per image of inference (configs/cpu/Base-SISSI-CPU.yaml;
+# also used for a source validation image), 0.7 s per cloned Usiigaci image with the strong blur
+# (the upper end of label_budget.REAL_COST's measurement).
+REAL_COST = (1.5, 0.05, 0.23, 0.7)
+# The default real plan, within an hour (arithmetic in docs/points.md): rows of 10 epochs x 25
+# iterations (each target image drawn 3 times per epoch instead of 6), 250 iterations instead of
+# the recipe's 1000, with the warmup shrunk in proportion (25 of 250, the recipe 100 of 1000); the
+# correction starts halfway as in the full plan. The memorisation check (ADELE.TRACK) and the
+# source validation loss only observe: no row's start rule reads them and the report shows
+# neither, so they are off (they would cost 25 + 12 inferred images per epoch and row).
+REAL_OPTS = ("SISSI.EPOCHS", "10", "SISSI.TARGET_REPEATS", "3", "SOLVER.WARMUP_ITERS", "25",
+             "SISSI.ADELE.TRACK", "False", "SISSI.SOURCE_VAL_DATASETS", "()")
+_USIIGACI = ("configs/cpu/weak_only.yaml", "usiigaci_train_oracle", "usiigaci_test", (("pipeline", "phase"),))
 
 SETTINGS = {
-    # The CPU recipe (20 epochs); the correction starts halfway, as the recipe study's branches
-    # (study.py r1_b10_*). Costs: 1.5 s per recipe iteration on the idle 2-core machine
-    # (docs/experiments.md, r2), 0.05 s per 1024x1022 cut-paste image (blur canvas + feathered
-    # pasting, measured), 0.23 s per image of inference (configs/cpu/Base-SISSI-CPU.yaml).
-    "real": Setting("real", "configs/cpu/weak_only.yaml", "usiigaci_train_oracle", "usiigaci_test",
-                    (("pipeline", "phase"),), 10, FRACTIONS, (1.5, 0.05, 0.23),
-                    "Usiigaci, 3 click fractions x 4 rows on the CPU recipe"),
+    "real": Setting("real", *_USIIGACI, 5, REAL_FRACTIONS, REAL_COST,
+                    "Usiigaci, 4 rows per click set, shorter than the CPU recipe (the default: within an hour)",
+                    REAL_OPTS),
+    # The issue's plan: the CPU recipe unchanged (20 epochs x 50 iterations, the memorisation
+    # curve and source validation loss recorded as on every recipe row), 3 click fractions; the
+    # correction starts halfway, as the recipe study's branches (study.py r1_b10_*).
+    "full": Setting("full", *_USIIGACI, 10, FRACTIONS, REAL_COST,
+                    "Usiigaci, 4 rows per click set at the CPU recipe's length (the issue's plan)"),
     # The demo's synthetic data at 128 px, 3 epochs of 2 iterations, one fraction: the machinery
     # end to end in about a minute (a test runs it), not a result.
     "quick": Setting("quick", "configs/demo/weak_only.yaml", "synth_target_train_oracle", "synth_target_test",
-                     (), 2, (50,), (0.4, 0.01, 0.05), "synthetic, tiny: tests the machinery end to end"),
+                     (), 2, (50,), (0.4, 0.01, 0.05, 0.02), "synthetic, tiny: tests the machinery end to end"),
 }
 
 
@@ -111,11 +136,10 @@ def size_rule_of(setting: Setting) -> dict:
 
 
 def setting_opts(setting: Setting) -> list:
-    """Overrides of every row: the CPU recipe (real) or the demo's quick sizing, and the test set."""
-    from .study import RECIPE
-
-    base = _quick_opts() if setting.name == "quick" else list(RECIPE)
-    return base + ["DATASETS.TEST", f"('{setting.test_set}',)"]
+    """Overrides of every row: the plan's (none for full: the CPU recipe as it is; the shorter
+    rows of real; the demo's quick sizing), and the test set."""
+    base = _quick_opts() if setting.name == "quick" else []
+    return base + list(setting.opts) + ["DATASETS.TEST", f"('{setting.test_set}',)"]
 
 
 def row_configs(setting: Setting, output: str, fraction: int, dataset: str, opts=()) -> dict:
@@ -225,19 +249,29 @@ def click_box_quality(truth: dict, records: list, info: list, clicked: int, cell
 # plan
 # ---------------------------------------------------------------------------------------------
 def estimate_seconds(cfg, n_images: int, n_test: int, cost: tuple, trained_epochs: int | None = None,
-                     correction_epochs: int = 0) -> float:
-    """Seconds of one row: iterations (+ a cut-paste image per synthetic target draw), the
-    per-epoch memorisation check (ADELE.TRACK), TTA pseudo-labels in each correction epoch, and
-    the test set."""
+                     correction_epochs: int = 0, n_source_val: int = 0) -> float:
+    """Seconds of one row (the one cost model of every plan): its iterations, a cut-paste image per
+    synthetic target draw, a cloned image per real target draw while cloning (SISSI.CLONING.MODE),
+    the per-epoch memorisation check (ADELE.TRACK) and source validation loss (SOURCE_VAL_DATASETS,
+    ``SOURCE_VAL.MAX_IMAGES`` of the ``n_source_val`` images), TTA pseudo-labels in each correction
+    epoch, and the test set. ``cost``: seconds per iteration, cut-paste image, inferred image,
+    cloned image. ``trained_epochs``: the epochs this row trains itself (a branch: its last ones)."""
     from ..data.two_source import iters_per_epoch
 
-    per_iter, per_synth, per_image = cost
-    ipe = iters_per_epoch(n_images * int(cfg.SISSI.TARGET_REPEATS), int(cfg.SISSI.IMS_PER_BATCH_TARGET))
+    per_iter, per_synth, per_image, per_clone = cost
+    target = int(cfg.SISSI.IMS_PER_BATCH_TARGET)
+    ipe = iters_per_epoch(n_images * int(cfg.SISSI.TARGET_REPEATS), target)
     epochs = int(cfg.SISSI.EPOCHS) if trained_epochs is None else trained_epochs
-    synth = (1.0 - float(cfg.SISSI.SYNTH.REAL_FRACTION)) * int(cfg.SISSI.IMS_PER_BATCH_TARGET) if cfg.SISSI.SYNTH.ENABLED else 0
-    seconds = epochs * ipe * (per_iter + synth * per_synth) + n_test * per_image
+    real_share = float(cfg.SISSI.SYNTH.REAL_FRACTION) if cfg.SISSI.SYNTH.ENABLED else 1.0
+    seconds = epochs * ipe * (per_iter + (1.0 - real_share) * target * per_synth) + n_test * per_image
+    cloned_epochs = {"always": epochs, "on_correction": correction_epochs}.get(cfg.SISSI.CLONING.MODE, 0)
+    seconds += cloned_epochs * ipe * real_share * target * per_clone
     if cfg.SISSI.ADELE.TRACK:
         seconds += epochs * n_images * per_image
+    if cfg.SISSI.SOURCE_VAL_DATASETS:
+        cap = int(cfg.SISSI.SOURCE_VAL.MAX_IMAGES)
+        n_val = min(cap, n_source_val) if cap > 0 and n_source_val else cap if cap > 0 else n_source_val
+        seconds += epochs * n_val * per_image
     views = len(cfg.SISSI.PSEUDO.SCALES) * len(cfg.SISSI.PSEUDO.FLIPS)
     return seconds + correction_epochs * n_images * views * per_image
 
@@ -246,36 +280,57 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def describe_plan(setting: Setting, fractions, cfgs: dict, n_images: int, n_test: int, n_cells: int) -> tuple:
-    """(lines, total seconds) of the plan printed before anything trains."""
+def _length(cfg, n_images: int) -> tuple:
+    """(epochs, iterations per epoch) of a row on ``n_images`` target images."""
     from ..data.two_source import iters_per_epoch
 
+    return int(cfg.SISSI.EPOCHS), iters_per_epoch(n_images * int(cfg.SISSI.TARGET_REPEATS),
+                                                  int(cfg.SISSI.IMS_PER_BATCH_TARGET))
+
+
+def describe_plan(setting: Setting, fractions, cfgs: dict, n_images: int, n_test: int, n_cells: int,
+                  n_source_val: int = 0) -> tuple:
+    """(lines, total seconds) of the plan printed before anything trains: ``estimate_seconds`` of
+    each row of one click set (the SISSI row trains only its correction epochs, branching from
+    its trunk), times the number of click sets (no row is shared across click sets: every row
+    trains on its own set's boxes or on patches cut from them)."""
+    from ..config_builder import build_config
+
     trunk = cfgs[TRUNK]
-    epochs = int(trunk.SISSI.EPOCHS)
-    ipe = iters_per_epoch(n_images * int(trunk.SISSI.TARGET_REPEATS), int(trunk.SISSI.IMS_PER_BATCH_TARGET))
+    epochs, ipe = _length(trunk, n_images)
     start = setting.correction_start
     per_row = {}
     for row in ROWS:
         if row.key == "cutpaste_real10_sissi":  # a branch: only its correction epochs are trained
-            per_row[row.key] = estimate_seconds(cfgs[row.key], n_images, n_test, setting.cost, epochs - start, epochs - start)
+            per_row[row.key] = estimate_seconds(cfgs[row.key], n_images, n_test, setting.cost, epochs - start,
+                                                epochs - start, n_source_val)
         else:
-            per_row[row.key] = estimate_seconds(cfgs[row.key], n_images, n_test, setting.cost)
-    total = len(fractions) * sum(per_row.values())
+            per_row[row.key] = estimate_seconds(cfgs[row.key], n_images, n_test, setting.cost,
+                                                n_source_val=n_source_val)
+    per_set = sum(per_row.values())
+    total = len(fractions) * per_set
+    if setting.name == "quick":
+        config = f"config {setting.config} + the quick sizing"
+    else:
+        r_epochs, r_ipe = _length(build_config(os.path.join(REPO, setting.config), []), n_images)
+        config = (f"config {setting.config} (the CPU recipe: {r_epochs} x {r_ipe} = {r_epochs * r_ipe} iterations)"
+                  + (" + " + " ".join(setting.opts) if setting.opts else ", unchanged"))
     lines = [f"Training from clicks, setting {setting.name!r}: {setting.why}",
              f"  clicks: the centroids of the {n_cells} cells of {setting.truth} ({n_images} images), kept per image at "
              + ", ".join(f"{f} %" for f in fractions) + f" (seed {CLICK_SEED}, nested)",
              "  boxes from clicks: " + ", ".join(f"{k}={v}" for k, v in size_rule_of(setting).items()) + " (data.points)",
-             f"  config {setting.config} + {'study.RECIPE' if setting.name == 'real' else 'the quick sizing'}: "
-             f"{epochs} epochs x {ipe} iterations ({trunk.SISSI.IMS_PER_BATCH_SOURCE} source + "
-             f"{trunk.SISSI.IMS_PER_BATCH_TARGET} target images), test set {setting.test_set} ({n_test} images)",
-             "  rows per click set:"]
+             f"  {config}",
+             f"  rows: {epochs} epochs x {ipe} iterations = {epochs * ipe} iterations ({trunk.SISSI.IMS_PER_BATCH_SOURCE} "
+             f"source + {trunk.SISSI.IMS_PER_BATCH_TARGET} target images), test set {setting.test_set} ({n_test} images)",
+             f"  rows per click set (~{_duration(per_set)}):"]
     for row in ROWS:
         how = (f"branches from {ROW_NAMES[TRUNK]} at epoch {start}, corrects {epochs - start} epochs"
                if row.key == "cutpaste_real10_sissi" else "trained from scratch")
         lines.append(f"    {row.name:34s} {how}: ~{_duration(per_row[row.key])}")
+    per_iter, per_synth, per_image, per_clone = setting.cost
     lines.append(f"  estimated time: {_duration(total)} ({len(fractions)} click sets x {len(ROWS)} rows; "
-                 f"{setting.cost[0]} s per iteration, {setting.cost[1]} s per cut-paste image, {setting.cost[2]} s per "
-                 "inferred image)")
+                 f"{per_iter} s per iteration, {per_synth} s per cut-paste image, {per_image} s per inferred image, "
+                 f"{per_clone} s per cloned image)")
     return lines, total
 
 
@@ -380,7 +435,10 @@ def run_comparison(setting: Setting, output: str, fractions=None, opts=(), plan_
     n_cells = int(sum(len(xy) for xy, _ in all_clicks.values()))
     n_test = len(DatasetCatalog.get(setting.test_set))
     cfgs0 = row_configs(setting, output, fractions[0], setting.truth, opts)
-    lines, total = describe_plan(setting, fractions, cfgs0, len(all_clicks), n_test, n_cells)
+    n_val = 0  # the source validation set's size matters only when SOURCE_VAL.MAX_IMAGES does not cap it
+    if cfgs0[TRUNK].SISSI.SOURCE_VAL_DATASETS and int(cfgs0[TRUNK].SISSI.SOURCE_VAL.MAX_IMAGES) <= 0:
+        n_val = sum(len(DatasetCatalog.get(v)) for v in cfgs0[TRUNK].SISSI.SOURCE_VAL_DATASETS)
+    lines, total = describe_plan(setting, fractions, cfgs0, len(all_clicks), n_test, n_cells, n_val)
     for line in lines:
         say(line)
     if plan_only:

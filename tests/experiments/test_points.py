@@ -12,7 +12,7 @@ import sys
 import cv2
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHARED_DATA
 
 TOOL = os.path.join(ROOT, "tools", "points.py")
 ROWS = ("boxes", "cutpaste", "cutpaste_real10", "cutpaste_real10_sissi")
@@ -76,3 +76,67 @@ def test_second_run_reuses_everything(quick):
     assert not [ln for ln in quick["second"].splitlines() if "done in" in ln and "epoch" in ln]
     results = json.loads((quick["out"] / "results.json").read_text())
     assert list(results["rows"]["50"]) == list(ROWS)
+
+
+# ---------------------------------------------------------------------------------------------
+# the plans of the real comparison (plan-only arithmetic, nothing trains)
+# ---------------------------------------------------------------------------------------------
+USIIGACI_TRAIN, USIIGACI_TEST, USIIGACI_CELLS = 25, 10, 1602  # usiigaci_train_oracle / usiigaci_test
+
+
+def _plan(name, fractions=None):
+    from sissi_d2.experiments.points import SETTINGS, describe_plan, row_configs
+
+    setting = SETTINGS[name]
+    cfgs = row_configs(setting, "/nonexistent/points", 25, setting.truth)
+    lines, seconds = describe_plan(setting, fractions or setting.fractions, cfgs, USIIGACI_TRAIN, USIIGACI_TEST,
+                                   USIIGACI_CELLS)
+    return setting, cfgs, lines, seconds
+
+
+def test_default_real_plan_fits_in_an_hour():
+    from sissi_d2.experiments.rows import past_differences, signal_mismatch
+
+    setting, cfgs, lines, seconds = _plan("real")
+    assert seconds <= 3600, "\n".join(lines)
+    assert setting.fractions == (25, 100) and list(cfgs) == list(ROWS)
+    trunk, sissi = cfgs["cutpaste_real10"], cfgs["cutpaste_real10_sissi"]
+    assert (int(trunk.SISSI.EPOCHS), setting.correction_start) == (10, 5), "corrects the second half, as the full plan"
+    # the SISSI row still shares the trunk's past (run_rows branches it) and the other rows differ from it
+    assert not past_differences(sissi, trunk) and signal_mismatch(sissi, trunk) is None
+    assert past_differences(cfgs["boxes"], trunk) and past_differences(cfgs["cutpaste"], trunk)
+    # the third click set is a flag away and costs one more set
+    _, _, _, three = _plan("real", (25, 50, 100))
+    assert abs(three - 1.5 * seconds) < 1e-6
+
+
+def test_full_plan_is_the_recipe_and_real_differs_only_by_its_overrides():
+    from sissi_d2.config_builder import build_config
+    from sissi_d2.experiments.points import FRACTIONS, REAL_OPTS, REPO
+    from sissi_d2.experiments.rows import row_settings
+
+    setting, full, lines, seconds = _plan("full")
+    assert setting.fractions == FRACTIONS == (25, 50, 100) and setting.correction_start == 10
+    recipe = row_settings(build_config(os.path.join(REPO, "configs", "cpu", "weak_only.yaml"), []))
+    boxes = row_settings(full["boxes"])
+    assert {k for k in recipe if recipe[k] != boxes.get(k)} <= {"DATASETS.TEST", "SISSI.TARGET_DATASETS"}
+    assert any("20 epochs x 50 iterations = 1000 iterations" in ln for ln in lines)
+    assert seconds > 5 * 3600, "the issue's plan takes hours: its estimate says so"
+    _, real, _, _ = _plan("real")
+    a, b = row_settings(real["boxes"]), row_settings(full["boxes"])
+    assert {k for k in a if a[k] != b[k]} == set(REAL_OPTS[::2])
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "usiigaci_phase")),
+                    reason=f"shared data not found at {SHARED_DATA}")
+def test_real_plan_only_on_the_shared_data(tmp_path):
+    import re
+
+    proc = subprocess.run([sys.executable, TOOL, "compare", "--plan-only", "--output", str(tmp_path)], cwd=ROOT,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert f"the {USIIGACI_CELLS} cells of usiigaci_train_oracle ({USIIGACI_TRAIN} images)" in proc.stdout
+    assert f"usiigaci_test ({USIIGACI_TEST} images)" in proc.stdout
+    minutes = re.search(r"estimated time: (\d+) min \(2 click sets", proc.stdout)
+    assert minutes and int(minutes.group(1)) <= 60, proc.stdout
+    assert not list(tmp_path.glob("f*")), "the plan trains nothing"

@@ -34,3 +34,16 @@ def test_boxes_then_preview(tmp_path, capsys):
     assert tool.main(["preview", str(out), "--output", str(png), "--count", "2", "SISSI.SYNTH.COUNT", "(3, 3)"]) == 0
     assert "10 patches from 2 images" in capsys.readouterr().out
     assert cv2.imread(str(png)).shape[1] > 150
+
+
+def test_compare_plans(capsys):
+    import points as tool
+    import pytest
+
+    assert not tool.parse_args(["compare"]).full and not tool.parse_args(["compare"]).quick  # the real plan, < 1 h
+    assert tool.parse_args(["compare", "--full", "--plan-only"]).full
+    args = tool.parse_args(["compare", "SISSI.SYNTH.CANVAS", "blank", "--fractions", "25", "50", "100"])
+    assert args.fractions == [25, 50, 100] and args.opts == ["SISSI.SYNTH.CANVAS", "blank"]
+    with pytest.raises(SystemExit):
+        tool.parse_args(["compare", "--full", "--quick"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -100,16 +100,16 @@ ENTRIES = [
     _e("r2_fusion_e20", "fusion", "first-round pseudo-labels of the rotation-free trunk's final model",
        parent="r2_weak_only", start_epoch=20,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),
-    # Branches of the recipe's trunk where its ADELE rule fired (by deceleration, epoch 9): the
+    # Branches of the recipe's trunk where its ADELE rule fired (by deceleration, epoch 12): the
     # recipe's pseudo-labels (configs/cpu/Base-Recipe.yaml) with the brakes measured here. The
     # paper's own loops on this trunk are the Table 1 rows (tools/table1.py, configs/cpu).
-    _e("r3_b9_clone_ema_vote", "branch", "A+SISSI(S) on the recipe with both brakes: an EMA teacher (momentum "
+    _e("r3_b12_clone_ema_vote", "branch", "A+SISSI(S) on the recipe with both brakes: an EMA teacher (momentum "
        "0.99 per iteration) labels, and the weak labels vote in the fusion (W 1, the best F1 of r2_fusion_e20)",
-       parent="r3_weak_only", start_epoch=9,
+       parent="r3_weak_only", start_epoch=12,
        opts=["SISSI.START_RULE", "epoch:{e}"] + RECIPE_PSEUDO + ["SISSI.CLONING.MODE", "on_correction",
              "SISSI.PSEUDO.TEACHER", "ema", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "1.0"], final=True),
-    _e("r3_b9_plain_ema_vote", "branch", "the same without cloning (Plain A with both brakes): separates the "
-       "labels from the synthetic-like images' domain gap", parent="r3_weak_only", start_epoch=9,
+    _e("r3_b12_plain_ema_vote", "branch", "the same without cloning (Plain A with both brakes): separates the "
+       "labels from the synthetic-like images' domain gap", parent="r3_weak_only", start_epoch=12,
        opts=["SISSI.START_RULE", "epoch:{e}"] + RECIPE_PSEUDO + ["SISSI.CLONING.MODE", "never",
              "SISSI.PSEUDO.TEACHER", "ema", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "1.0"], final=True),
     _e("r1_fusion_e10", "fusion", "first-round pseudo-labels of the trunk at epoch 10: weak-label vote x threshold",

@@ -74,7 +74,7 @@ def test_the_brake_entries_differ_from_table1_rows_only_by_their_brakes(tmp_path
     from sissi_d2.experiments.rows import row_settings
 
     root = os.path.join(os.path.dirname(__file__), "..", "..")
-    for row, name in (("adele_sissi_s", "r3_b9_clone_ema_vote"), ("plain_adele", "r3_b9_plain_ema_vote")):
+    for row, name in (("adele_sissi_s", "r3_b12_clone_ema_vote"), ("plain_adele", "r3_b12_plain_ema_vote")):
         a = row_settings(build_config(os.path.join(root, "configs", "cpu", f"{row}.yaml"), []))
         b = row_settings(study.entry_config(study.entry(name), str(tmp_path)))
         differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}

@@ -138,8 +138,13 @@ class SourceValLossHook(EpochHook):
         frozen = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         for m in frozen:
             m.eval()  # ... but BatchNorm statistics must not learn from the validation set
+        # The losses sample anchors and RoIs at random: a fixed seed per (epoch, rank), on a forked
+        # RNG, makes the value a function of the weights alone, so a resumed or branched run
+        # measures what the uninterrupted one did (the training RNG is reseeded every step anyway).
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=devices):
+                torch.manual_seed(1_000_003 * (self.trainer.iter // self.iters_per_epoch) + rank)
                 for i in range(0, len(mine), self.batch_size):
                     batch = [self.mapper(r) for r in mine[i : i + self.batch_size]]
                     losses = net(batch)

@@ -117,3 +117,22 @@ def test_unknown_teacher_is_a_clear_error(tiny_datasets, tmp_path):
 
     with pytest.raises(ValueError, match="SISSI.PSEUDO.TEACHER"):
         SISSITrainer(tiny_config(tmp_path, "SISSI.PSEUDO.TEACHER", "mean"))
+
+
+def test_source_validation_loss_depends_on_the_weights_only(tiny_datasets, tmp_path):
+    """The loss samples anchors and RoIs at random: it is seeded per epoch on a forked RNG, so a
+    resumed or branched run measures the value the uninterrupted run did."""
+    import torch
+
+    from sissi_d2.engine import SISSITrainer
+
+    from detectron2.utils.events import EventStorage
+
+    trainer = SISSITrainer(tiny_config(tmp_path, "SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)"))
+    hook = trainer.source_val_hook
+    with EventStorage(0):
+        first = hook.validation_loss()
+        torch.rand(1000)  # another RNG state, as after a resume
+        before = torch.random.get_rng_state()
+        assert hook.validation_loss() == first
+    assert torch.equal(torch.random.get_rng_state(), before)  # the training RNG is left alone

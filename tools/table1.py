@@ -123,8 +123,8 @@ def label_quality(weak_json: str, summary: dict, names: dict, trunk_cfg) -> dict
 
     from sissi_d2.engine.inference import RecordPredictor
     from sissi_d2.engine.predict import build_inference_model
-    from sissi_d2.evaluation.box_metrics import coco_box_metrics
-    from sissi_d2.experiments.report import dataset_truth, four, training_label_quality
+    from sissi_d2.evaluation.label_quality import label_set_quality
+    from sissi_d2.experiments.report import dataset_truth, training_label_quality
 
     gt = dataset_truth("usiigaci_train_oracle")
     corrected = {names[k]: e["output_dir"] for k, e in summary.items() if e["branched_from_epoch"] and not e["same_as"]}
@@ -132,9 +132,18 @@ def label_quality(weak_json: str, summary: dict, names: dict, trunk_cfg) -> dict
     model = build_inference_model(trunk_cfg, os.path.join(trunk_cfg.OUTPUT_DIR, "model_final.pth"))
     trunk_labels = RecordPredictor(trunk_cfg).pseudo_labels(model, DatasetCatalog.get(trunk_cfg.SISSI.TARGET_DATASETS[0]),
                                                              desc="pseudo-labels of the trunk's final model")
-    return {"weak_labels": four(q["weak_labels"]),
-            "trunk_final_pseudo_labels": four(coco_box_metrics(gt, trunk_labels, max_dets=400)),
-            "pseudo_labels": {name: [{"epoch": s["epoch"], **four(s)} for s in qs] for name, qs in q["pseudo_labels"].items()}}
+    return {"weak_labels": _label_columns(q["weak_labels"]),
+            "trunk_final_pseudo_labels": _label_columns(label_set_quality(gt, trunk_labels, max_dets=400)),
+            "pseudo_labels": {name: [{"epoch": s["epoch"], **_label_columns(s)} for s in qs]
+                              for name, qs in q["pseudo_labels"].items()}}
+
+
+def _label_columns(quality: dict) -> dict:
+    """What results.json keeps of a label set's quality: AP (ranked), F1 at IoU 0.5 (what training
+    sees) and the failure modes."""
+    keys = ("AP50", "AP75", "AP", "AR", "F1_50", "precision50", "recall50", "missed_cells", "false_positives",
+            "loose_boxes")
+    return {k: quality.get(k) for k in keys}
 
 
 def make_figures(out: str, summary: dict, names: dict, quality: dict, weak_json: str) -> dict:
@@ -196,18 +205,25 @@ def results_markdown(table: dict, quality: dict, figures: dict) -> str:
         note = (f"= {m['same_as']} (rule never fired)" if m.get("same_as") else
                 f"branched at epoch {m['branched_from_epoch']}" if m.get("branched_from_epoch") else "")
         lines.append(f"| {name} | {' | '.join(fmt(m[k], '-') for k in METRICS)} | {note} |")
-    lines += ["", "Labels trained on, against the oracle masks of the 25 target training images (AP50):", "",
+    lines += ["", "Labels trained on, against the oracle masks of the 25 target training images: F1 at IoU 0.5 with "
+              "scores ignored (what training sees), AP50 of the scored boxes in brackets:", "",
               "| labels | first epoch | best | last epoch |", "|---|---|---|---|",
-              f"| weak labels | {fmt(quality['weak_labels']['AP50'], '-')} | | |",
+              f"| weak labels | {_f1_ap(quality['weak_labels'])} | | |",
               f"| Weak-only trunk, final model, TTA + WBF (not trained on) | | | "
-              f"{fmt(quality['trunk_final_pseudo_labels']['AP50'], '-')} |"]
+              f"{_f1_ap(quality['trunk_final_pseudo_labels'])} |"]
     for name, qs in quality["pseudo_labels"].items():
         if qs:
-            best = max(qs, key=lambda q: q["AP50"])
-            lines.append(f"| {name} pseudo-labels | {fmt(qs[0]['AP50'], '-')} (ep {qs[0]['epoch']}) | "
-                         f"{fmt(best['AP50'], '-')} (ep {best['epoch']}) | {fmt(qs[-1]['AP50'], '-')} (ep {qs[-1]['epoch']}) |")
+            best = max(qs, key=lambda q: q["F1_50"])
+            lines.append(f"| {name} pseudo-labels | {_f1_ap(qs[0])} (ep {qs[0]['epoch']}) | "
+                         f"{_f1_ap(best)} (ep {best['epoch']}) | {_f1_ap(qs[-1])} (ep {qs[-1]['epoch']}) |")
     lines += [""] + [f"![{k}]({v})" for k, v in figures.items()]
     return "\n".join(lines)
+
+
+def _f1_ap(q: dict) -> str:
+    from sissi_d2.experiments.report import fmt
+
+    return f"{fmt(q.get('F1_50'), '-')} ({fmt(q.get('AP50'), '-')})"
 
 
 if __name__ == "__main__":

@@ -73,9 +73,13 @@ def row_settings(cfg) -> dict:
 
 def _default_settings() -> dict:
     """row_settings of the default config (Detectron2's and sissi_d2's defaults, no file)."""
-    from ..config_builder import build_config
+    from detectron2.config import get_cfg
 
-    return row_settings(build_config(None, []))
+    from ..config import add_sissi_config
+
+    cfg = get_cfg()
+    add_sissi_config(cfg)
+    return row_settings(cfg)
 
 
 def _clones_before_start(cfg) -> bool:

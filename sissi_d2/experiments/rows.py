@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-from types import SimpleNamespace
 
 import torch
 
@@ -48,10 +47,11 @@ _CLONING = "SISSI.CLONING."
 _PSEUDO = "SISSI.PSEUDO."
 
 
-def _never_touches_weights(key: str, *cfgs) -> bool:
+def _never_touches_weights(key: str, *eval_periods) -> bool:
     """Settings no weight or start signal depends on: disk retention (``SISSI.DISK.*``), and
-    ``DATASETS.TEST``, read only by evaluation, when that runs after training (``TEST.EVAL_PERIOD 0``)."""
-    return key.startswith("SISSI.DISK.") or (key == "DATASETS.TEST" and all(int(c.TEST.EVAL_PERIOD) == 0 for c in cfgs))
+    ``DATASETS.TEST``, read only by evaluation, when every run compared evaluates after training
+    only (``TEST.EVAL_PERIOD`` 0 in each of ``eval_periods``)."""
+    return key.startswith("SISSI.DISK.") or (key == "DATASETS.TEST" and all(int(p) == 0 for p in eval_periods))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -98,7 +98,8 @@ def past_differences(row_cfg, trunk_cfg) -> list:
     cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)
     return sorted(k for k in set(a) | set(b)
                   if k not in ignored and not k.startswith(_PSEUDO) and (cloning_matters or not k.startswith(_CLONING))
-                  and not _never_touches_weights(k, row_cfg, trunk_cfg) and a.get(k) != b.get(k))
+                  and not _never_touches_weights(k, row_cfg.TEST.EVAL_PERIOD, trunk_cfg.TEST.EVAL_PERIOD)
+                  and a.get(k) != b.get(k))
 
 
 def same_past(cfg_a, cfg_b) -> bool:
@@ -167,14 +168,13 @@ def check_row_settings(cfg) -> None:
         # A row that never corrects never reads its pseudo-label settings: another value of
         # them (e.g. a recipe that changed its TTA views) still names the same weights.
         inert = _PSEUDO if cfg.SISSI.START_RULE == "never" else None
-        was = SimpleNamespace(TEST=SimpleNamespace(EVAL_PERIOD=recorded.get("TEST.EVAL_PERIOD", -1)))
         # An option added to sissi_d2 after the row was recorded, still at its default, is the
         # behaviour the row was trained with (every new option defaults to the old behaviour).
-        added = _default_settings()
+        defaults = _default_settings()
         diff = sorted(k for k in set(recorded) | set(current)
                       if recorded.get(k) != current.get(k) and not (inert and k.startswith(inert))
-                      and not _never_touches_weights(k, cfg, was)
-                      and not (k not in recorded and k in added and current.get(k) == added[k]))
+                      and not _never_touches_weights(k, cfg.TEST.EVAL_PERIOD, recorded.get("TEST.EVAL_PERIOD", -1))
+                      and not (k not in recorded and k in defaults and current.get(k) == defaults[k]))
         if diff:
             shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
             raise ValueError(

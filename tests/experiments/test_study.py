@@ -80,3 +80,24 @@ def test_the_brake_entries_differ_from_table1_rows_only_by_their_brakes(tmp_path
         differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
         assert differ == {"SISSI.START_RULE", "SISSI.PSEUDO.TEACHER", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT",
                           "DATASETS.TEST", "SISSI.DISK.KEEP_LAST"}, (row, differ)
+
+
+def test_a_retrain_entry_trains_the_trunk_on_its_parents_last_labels(tmp_path):
+    from sissi_d2.experiments import study
+    from sissi_d2.experiments.rows import past_differences
+
+    for e in (e for e in study.ENTRIES if e.kind == "retrain"):
+        parent = study.entry(e.parent)
+        assert parent.kind == "branch" and e.final
+        labels = study.retrain_labels(e, str(tmp_path))
+        assert labels == str(tmp_path / e.parent / "sissi" / "pseudo_labels" / f"epoch_{e.start_epoch - 1:04d}.json")
+        cfg = study.entry_config(e, str(tmp_path))
+        assert cfg.SISSI.TARGET_DATASETS == (f"{e.parent}_e{e.start_epoch - 1}",)
+        assert any(spec.endswith("=coco:" + labels) for spec in cfg.SISSI.REGISTER)
+        # the trunk's settings otherwise: only the target labels differ from the trunk's
+        trunk = study.entry_config(study.entry(parent.parent), str(tmp_path))
+        assert set(past_differences(cfg, trunk)) <= {"SISSI.TARGET_DATASETS", "SISSI.REGISTER"}
+        assert "SISSI.TARGET_DATASETS" in past_differences(cfg, trunk)
+        # its parent has not run: a clear error naming the file and the command, before any training
+        with pytest.raises(FileNotFoundError, match=f"run {e.parent}"):
+            study.run_entry(e.name, str(tmp_path))

@@ -75,7 +75,7 @@ class Entry:
     config: str = ""  # train: config file relative to the repository root
     opts: tuple = ()  # KEY VALUE overrides (branch: on top of the parent's)
     parent: str = ""  # branch / fusion: the train entry it starts from; retrain: the entry whose labels it trains on
-    start_epoch: int = 0  # branch: first epoch with other settings; fusion: model after epoch - 1
+    start_epoch: int = 0  # branch: first epoch with other settings; fusion: model after epoch - 1; retrain: labels of epoch - 1
     final: bool = False  # scored once on the test set
     grid: dict = field(default_factory=dict)  # fusion: setting -> values
 

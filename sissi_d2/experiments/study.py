@@ -148,14 +148,14 @@ def _root() -> str:
 def entry_config(e: Entry, output: str, extra=()):
     from ..config_builder import build_config
 
-    if e.kind == "train":
-        return build_config(os.path.join(_root(), e.config), list(e.opts) + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
-    if e.kind == "retrain":
-        labels = retrain_labels(e, output)
-        dataset = f"{e.parent}_e{e.start_epoch - 1}"
-        return build_config(os.path.join(_root(), e.config), list(e.opts) + [
-            "SISSI.REGISTER", f"('{dataset}=coco:{labels}',)", "SISSI.TARGET_DATASETS", f"('{dataset}',)"]
-            + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
+    if e.kind in ("train", "retrain"):
+        labels = []
+        if e.kind == "retrain":  # the parent's snapshot, registered as this entry's target data set
+            dataset = f"{e.parent}_e{e.start_epoch - 1}"
+            labels = ["SISSI.REGISTER", f"('{dataset}=coco:{retrain_labels(e, output)}',)",
+                      "SISSI.TARGET_DATASETS", f"('{dataset}',)"]
+        return build_config(os.path.join(_root(), e.config),
+                            list(e.opts) + labels + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
     parent = entry(e.parent)
     opts = [o.format(e=e.start_epoch) for o in e.opts]
     return build_config(os.path.join(_root(), parent.config),
@@ -242,6 +242,8 @@ def _memorisation(out_dir: str) -> dict:
 def run_entry(name: str, output: str) -> dict:
     """Run (or resume) one entry; returns and writes its ``study.json``."""
     from ..engine.trainer import SISSITrainer
+    from ..data.label_files import read_label_json
+    from ..evaluation.label_quality import label_set_quality
     from .report import dataset_truth, training_label_quality
     from .rows import _branch, check_row_settings
 
@@ -273,7 +275,7 @@ def run_entry(name: str, output: str) -> dict:
                   "pseudo_labels_vs_training_truth": quality["pseudo_labels"][e.name],
                   "memorisation": _memorisation(cfg.OUTPUT_DIR)}
         if e.kind == "retrain":
-            result["trained_labels_vs_training_truth"] = training_label_quality(truth, retrain_labels(e, output), {})["weak_labels"]
+            result["trained_labels_vs_training_truth"] = label_set_quality(truth, read_label_json(retrain_labels(e, output)))
     result.update(entry=e.name, kind=e.kind, why=e.why, minutes=round((time.time() - t0) / 60, 1))
     _write(output, e.name, "study.json", result)
     return result

@@ -67,6 +67,7 @@ def tiny_datasets(tmp_path_factory):
         records = write_tiny_dataset(str(root / name), n, seed, keep)
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, lambda r=records: [dict(x) for x in r])
         MetadataCatalog.get(name).set(thing_classes=["cell"], evaluator_type="coco")

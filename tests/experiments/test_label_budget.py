@@ -122,14 +122,17 @@ def test_complete_points_are_trained_once():
 
 @pytest.fixture
 def tiny_truth(tmp_path):
-    """tiny_truth (3 complete images), tiny_scored (boxes with scores), tiny_test registered."""
+    """tiny_truth (3 complete images), tiny_scored (boxes with scores), tiny_budget_test registered.
+
+    Names of its own: the session fixture tiny_datasets owns tiny_test, and re-registering it here
+    left later tests with a data set but no metadata."""
     from detectron2.data import DatasetCatalog
     from detectron2.structures import BoxMode
 
     from sissi_d2.data.datasets import unregister_sissi_dataset
 
 
-    for name, n, score in (("tiny_truth", 3, None), ("tiny_scored", 3, 0.8), ("tiny_test", 1, None)):
+    for name, n, score in (("tiny_truth", 3, None), ("tiny_scored", 3, 0.8), ("tiny_budget_test", 1, None)):
         recs = []
         for i in range(n):
             path = str(tmp_path / f"{name}_{i}_img.png")
@@ -153,7 +156,7 @@ def test_label_sets_are_written_registered_and_nested(tiny_truth):
     from sissi_d2.data.label_degradation import Degradation
     from sissi_d2.experiments import label_budget as lb
 
-    plan = dataclasses.replace(lb.PLANS["quick"], truth="tiny_truth", test_set="tiny_test",
+    plan = dataclasses.replace(lb.PLANS["quick"], truth="tiny_truth", test_set="tiny_budget_test",
                                points=(Degradation("cells", 25), Degradation("images", 1)))
     sets = lb.label_sets(plan, str(tiny_truth / "out"), seed=0)
     assert list(sets) == ["complete", "cells_p25", "images_k1"]
@@ -181,7 +184,7 @@ def test_bad_input_names_the_value(tiny_truth, truth, points, match):
     from sissi_d2.data.label_degradation import Degradation
     from sissi_d2.experiments import label_budget as lb
 
-    plan = dataclasses.replace(lb.PLANS["quick"], truth=truth, test_set="tiny_test",
+    plan = dataclasses.replace(lb.PLANS["quick"], truth=truth, test_set="tiny_budget_test",
                                points=(Degradation(*points),) if points else ())
     with pytest.raises((ValueError, KeyError), match=match):
         lb.label_sets(plan, str(tiny_truth / "out"), seed=0)

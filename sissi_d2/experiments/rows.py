@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import torch
 
@@ -29,7 +30,8 @@ from ..engine.checkpoint import prune_checkpoints, protect_branch_checkpoints
 from ..utils.disk import check_rows_fit
 from ..utils.atomic import atomic_open, atomic_write_json
 
-__all__ = ["run_rows", "past_differences", "same_past", "signal_mismatch", "check_row_settings", "row_settings"]
+__all__ = ["run_rows", "past_differences", "same_past", "signal_mismatch", "check_row_settings", "row_settings",
+           "row_iterations", "time_left_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +195,8 @@ class _Runner:
         if trainer_cls is None:
             from ..engine.trainer import SISSITrainer as trainer_cls
         self.trainer_cls, self.hooks = trainer_cls, hooks
+        # the pace of this machine, for the time-left line (wall time of training, epoch checks included)
+        self.seconds, self.iterations = 0.0, 0
 
     def train(self, key: str, cfg, before_train=None):
         check_row_settings(cfg)
@@ -202,8 +206,12 @@ class _Runner:
         if before_train is not None:
             before_train(trainer)
         trainer.resume_or_load(resume=True)
-        if trainer.start_iter < trainer.max_iter:
+        todo = trainer.max_iter - trainer.start_iter
+        if todo > 0:
+            started = time.perf_counter()
             trainer.train()
+            self.seconds += time.perf_counter() - started
+            self.iterations += todo
         return trainer
 
     def evaluate(self, trainer) -> dict:
@@ -213,6 +221,48 @@ class _Runner:
         if "bbox" in results:  # Detectron2 unwraps the results of a single test set
             results = {trainer.cfg.DATASETS.TEST[0]: results}
         return {ds: res["bbox"] for ds, res in results.items()}
+
+
+def row_iterations(kind: str, epochs: int, iters_per_epoch: int, start_epoch: int = 0) -> int:
+    """Iterations a row still trains once the trunk is done: a row trained from scratch all of
+    its epochs, a branch those from its start epoch on, a row equal to the trunk none."""
+    if kind == "same":
+        return 0
+    if kind == "branch":
+        return max(0, epochs - start_epoch) * iters_per_epoch
+    if kind == "scratch":
+        return epochs * iters_per_epoch
+    raise ValueError(f"unknown row kind {kind!r} (scratch, branch or same)")
+
+
+def time_left_line(rows_left: list, iterations_left: int, iterations_done: int, seconds_done: float) -> str:
+    """One progress line for a set of rows: what is left, and how long it takes at the pace
+    measured so far on this machine (the paper's configs or a slower CPU change it a lot, so
+    it is measured, never assumed). Rows that clone or pseudo-label cost more per iteration
+    than the trunk, so the figure is a lower bound while only the trunk has been timed."""
+    if not rows_left:
+        return "Rows: all rows trained"
+    names = ", ".join(rows_left)
+    if iterations_done <= 0:
+        return f"Rows: left {names}, {iterations_left} iterations (no pace measured yet: every row so far was reused)"
+    pace = seconds_done / iterations_done
+    return (f"Rows: left {names}, {iterations_left} iterations: about {iterations_left * pace / 60:.0f} min at "
+            f"{pace:.2f} s per iteration (measured on this machine: {iterations_done} iterations in "
+            f"{seconds_done / 60:.1f} min, epoch checks included)")
+
+
+def _row_kind(cfg, trunk_cfg, trunk_state: dict, recorded) -> tuple:
+    """(kind, differences, plan) of a row against the trunk: 'scratch' (its past differs, or its
+    correction starts from the initial weights), 'same' (its rule never fires) or 'branch'."""
+    differences = past_differences(cfg, trunk_cfg)
+    if differences:
+        return "scratch", differences, None
+    plan = build_start_rule(cfg).branch_plan(trunk_state, recorded, int(cfg.SISSI.EPOCHS))
+    if plan is None:
+        return "same", [], None
+    if plan.start_epoch == 0 or plan.restore_epoch == 0:
+        return "scratch", [], plan
+    return "branch", [], plan
 
 
 def _trunk_signals(hooks_state: dict) -> dict:
@@ -249,34 +299,43 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
     summary = {trunk: {"metrics": runner.evaluate(trunk_trainer), "branched_from_epoch": 0, "plan": None,
                        "output_dir": trunk_cfg.OUTPUT_DIR, "same_as": None, "signals": _trunk_signals(trunk_state)}}
     del trunk_trainer
+    kinds = {key: _row_kind(cfg, trunk_cfg, trunk_state, recorded) for key, cfg in rows.items() if key != trunk}
+
+    def left(done: set) -> tuple:
+        todo = [k for k in kinds if k not in done and kinds[k][0] != "same"]
+        its = sum(row_iterations(kinds[k][0], int(rows[k].SISSI.EPOCHS), ipe,
+                                 kinds[k][2].start_epoch if kinds[k][2] is not None else 0) for k in todo)
+        return todo, its
+
+    done = set()
+    logger.info(time_left_line(*left(done), runner.iterations, runner.seconds))
     for key, cfg in rows.items():
         if key == trunk:
             continue
         entry = summary[key] = {"output_dir": cfg.OUTPUT_DIR, "same_as": None, "branched_from_epoch": None,
                                 "plan": None}
-        differences = past_differences(cfg, trunk_cfg)
-        if differences:
-            logger.info("Row %r differs from the trunk before correction (%s): trained from scratch",
-                        key, ", ".join(differences[:4]))
-            entry["metrics"] = runner.evaluate(runner.train(key, cfg))
-            continue
-        plan = build_start_rule(cfg).branch_plan(trunk_state, recorded, int(cfg.SISSI.EPOCHS))
-        if plan is None:
+        kind, differences, plan = kinds[key]
+        done.add(key)
+        if kind == "same":
             logger.info("Row %r: its start rule never fires within the epochs; identical to %r", key, trunk)
             entry.update(same_as=trunk, metrics=summary[trunk]["metrics"])
             continue
-        entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
-        if plan.start_epoch == 0 or plan.restore_epoch == 0:
+        if differences:
+            logger.info("Row %r differs from the trunk before correction (%s): trained from scratch",
+                        key, ", ".join(differences[:4]))
+        else:
+            entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
+        if kind == "scratch" and not differences:
             # nothing of the trunk to reuse: its weights at epoch 0 are the initial ones
             logger.info("Row %r: correction starts from the initial weights; trained from scratch", key)
-            entry["metrics"] = runner.evaluate(runner.train(key, cfg))
-            continue
-        check_row_settings(cfg)  # before the branch checkpoint lands in its folder
-        if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
-            _branch(trunk_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)
-        logger.info("Row %r: branched from the trunk at the start of epoch %d", key, plan.start_epoch)
-        entry["branched_from_epoch"] = plan.start_epoch
+        elif kind == "branch":
+            check_row_settings(cfg)  # before the branch checkpoint lands in its folder
+            if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+                _branch(trunk_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)
+            logger.info("Row %r: branched from the trunk at the start of epoch %d", key, plan.start_epoch)
+            entry["branched_from_epoch"] = plan.start_epoch
         entry["metrics"] = runner.evaluate(runner.train(key, cfg))
+        logger.info(time_left_line(*left(done), runner.iterations, runner.seconds))
     for key, entry in summary.items():
         atomic_write_json(os.path.join(entry["output_dir"], "row.json"), {"row": key, **entry})
     # Every row has branched: the trunk needs only what its own --resume needs.

@@ -77,8 +77,14 @@ def test_every_rule_branch_equals_the_row_trained_alone(tiny_datasets, tmp_path,
     assert kept == ["model_0000007.pth", "model_final.pth"], kept  # the newest epoch end + final
 
 
-def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_path, scripted_signals):
+def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_path, scripted_signals, monkeypatch):
+    import re
+
+    from sissi_d2.experiments import rows as rows_module
     from sissi_d2.experiments.rows import past_differences, run_rows
+
+    lines = []
+    monkeypatch.setattr(rows_module.logger, "info", lambda msg, *a: lines.append(msg % a if a else msg))
 
     never = _row_cfg(tmp_path / "a", "never")
     assert past_differences(_row_cfg(tmp_path / "b", "epoch:1", "always"), never) == ["SISSI.CLONING.MODE"]
@@ -88,6 +94,12 @@ def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_pat
             "always": _row_cfg(tmp_path / "always", "epoch:2", "always")}
     summary = run_rows(rows, trunk="trunk")
     assert summary["always"]["branched_from_epoch"] == 2
+    # after the trunk (4 epochs, timed on this machine) the branch has 2 of its 4 epochs left
+    left = [m for m in map(re.compile(r"Rows: left always, (\d+) iterations: about \d+ min at [\d.]+ s per "
+                                      r"iteration \(measured on this machine: (\d+) iterations").match, lines) if m]
+    assert len(left) == 1, lines
+    assert 2 * int(left[0].group(1)) == int(left[0].group(2)) > 0
+    assert lines[-1] == "Rows: all rows trained", lines
     _assert_same_weights(_alone(_row_cfg(tmp_path / "always_alone", "epoch:2", "always")),
                          tmp_path / "always" / "model_final.pth")
 
@@ -169,3 +181,19 @@ def test_pseudo_label_settings_do_not_split_the_past(tmp_path):
     assert past_differences(tested, trunk) == []  # evaluated after training only
     during = _row_cfg(tmp_path / "d", "epoch:2", "never", "DATASETS.TEST", "('tiny_test',)", "TEST.EVAL_PERIOD", "1")
     assert past_differences(during, trunk) == ["DATASETS.TEST", "TEST.EVAL_PERIOD"]
+
+
+def test_row_iterations_and_the_time_left_line():
+    from sissi_d2.experiments.rows import row_iterations, time_left_line
+
+    assert row_iterations("scratch", 20, 50) == 1000
+    assert row_iterations("branch", 20, 50, start_epoch=13) == 350
+    assert row_iterations("branch", 20, 50, start_epoch=25) == 0
+    assert row_iterations("same", 20, 50, start_epoch=13) == 0
+    with pytest.raises(ValueError, match="unknown row kind 'other'"):
+        row_iterations("other", 20, 50)
+    line = time_left_line(["plain_a", "oracle"], 1350, 1000, 3000.0)  # 3 s per iteration
+    assert line.startswith("Rows: left plain_a, oracle, 1350 iterations: about 68 min at 3.00 s per iteration")
+    assert "1000 iterations in 50.0 min" in line
+    assert "no pace measured yet" in time_left_line(["oracle"], 1000, 0, 0.0)
+    assert time_left_line([], 0, 1000, 3000.0) == "Rows: all rows trained"

@@ -252,17 +252,19 @@ def time_left_line(rows_left: list, iterations_left: int, iterations_done: int, 
 
 
 def _row_kind(cfg, trunk_cfg, trunk_state: dict, recorded) -> tuple:
-    """(kind, differences, plan) of a row against the trunk: 'scratch' (its past differs, or its
-    correction starts from the initial weights), 'same' (its rule never fires) or 'branch'."""
+    """(kind, plan, why) of a row against the trunk: 'branch', 'same' (its rule never fires) or
+    'scratch', with ``why`` it cannot reuse the trunk (its past differs, or its correction starts
+    from the initial weights)."""
     differences = past_differences(cfg, trunk_cfg)
     if differences:
-        return "scratch", differences, None
+        return "scratch", None, f"differs from the trunk before correction ({', '.join(differences[:4])})"
     plan = build_start_rule(cfg).branch_plan(trunk_state, recorded, int(cfg.SISSI.EPOCHS))
     if plan is None:
-        return "same", [], None
+        return "same", None, None
     if plan.start_epoch == 0 or plan.restore_epoch == 0:
-        return "scratch", [], plan
-    return "branch", [], plan
+        # nothing of the trunk to reuse: its weights at epoch 0 are the initial ones
+        return "scratch", plan, "correction starts from the initial weights"
+    return "branch", plan, None
 
 
 def _trunk_signals(hooks_state: dict) -> dict:
@@ -304,7 +306,7 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
     def left(done: set) -> tuple:
         todo = [k for k in kinds if k not in done and kinds[k][0] != "same"]
         its = sum(row_iterations(kinds[k][0], int(rows[k].SISSI.EPOCHS), ipe,
-                                 kinds[k][2].start_epoch if kinds[k][2] is not None else 0) for k in todo)
+                                 kinds[k][1].start_epoch if kinds[k][1] is not None else 0) for k in todo)
         return todo, its
 
     done = set()
@@ -314,21 +316,17 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
             continue
         entry = summary[key] = {"output_dir": cfg.OUTPUT_DIR, "same_as": None, "branched_from_epoch": None,
                                 "plan": None}
-        kind, differences, plan = kinds[key]
+        kind, plan, why = kinds[key]
         done.add(key)
         if kind == "same":
             logger.info("Row %r: its start rule never fires within the epochs; identical to %r", key, trunk)
             entry.update(same_as=trunk, metrics=summary[trunk]["metrics"])
             continue
-        if differences:
-            logger.info("Row %r differs from the trunk before correction (%s): trained from scratch",
-                        key, ", ".join(differences[:4]))
-        else:
+        if plan is not None:
             entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
-        if kind == "scratch" and not differences:
-            # nothing of the trunk to reuse: its weights at epoch 0 are the initial ones
-            logger.info("Row %r: correction starts from the initial weights; trained from scratch", key)
-        elif kind == "branch":
+        if kind == "scratch":
+            logger.info("Row %r %s: trained from scratch", key, why)
+        else:
             check_row_settings(cfg)  # before the branch checkpoint lands in its folder
             if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
                 _branch(trunk_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)

@@ -64,6 +64,9 @@ def main():
     parser.add_argument("--output", default="output/table1")
     parser.add_argument("--configs", default=os.path.join(ROOT, "configs", "cpu"), help="folder of the row configs")
     parser.add_argument("--rows", nargs="*", default=None, help="subset of config names (e.g. weak_only adele_sissi_s)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="rows trained at once, each in its own process sharing the cores (default: 2 on a CPU "
+                             "with 2 or more cores, 1 on a GPU; docs/performance.md)")
     parser.add_argument("--weak-args", nargs="*", default=[], help="extra arguments for make_weak_labels.py")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every row")
     args = parser.parse_args()
@@ -78,6 +81,7 @@ def main():
     from sissi_d2.data.builtin import register_shared_datasets
     from sissi_d2.data.paths import shared_data_root
     from sissi_d2.experiments import report
+    from sissi_d2.experiments.row_jobs import default_jobs
     from sissi_d2.experiments.rows import run_rows
     from sissi_d2.utils.atomic import atomic_write_json
 
@@ -92,7 +96,8 @@ def main():
 
     cfgs = row_configs(wanted, args.configs, out, ["SISSI.ADELE.TRACK", "True"] + list(args.opts))
     t0 = time.time()
-    summary = run_rows(cfgs, trunk=TRUNK)
+    jobs = args.jobs if args.jobs is not None else default_jobs(cfgs.values())
+    summary = run_rows(cfgs, trunk=TRUNK, jobs=jobs)
     train_s = time.time() - t0
 
     names = {r.key: r.name for r in wanted}
@@ -106,7 +111,7 @@ def main():
     figures = make_figures(out, summary, names, quality, weak_json)
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
-        "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s})
+        "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s, "jobs": jobs})
     text = results_markdown(table, quality, figures)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")

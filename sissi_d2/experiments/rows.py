@@ -31,7 +31,7 @@ from ..utils.disk import check_rows_fit
 from ..utils.atomic import atomic_open, atomic_write_json
 
 __all__ = ["run_rows", "past_differences", "same_past", "signal_mismatch", "check_row_settings", "row_settings",
-           "row_iterations", "time_left_line"]
+           "row_iterations", "time_left_line", "train_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,39 +188,38 @@ def check_row_settings(cfg) -> None:
     atomic_write_json(path, current)
 
 
-class _Runner:
-    """Trains and evaluates rows with one trainer class and the caller's extra hooks."""
+def train_row(key: str, cfg, trainer_cls=None, hooks=None, protect=(), extra_hooks=()) -> dict:
+    """Train one row (resuming from its folder) and evaluate it on ``DATASETS.TEST``.
 
-    def __init__(self, trainer_cls, hooks):
-        if trainer_cls is None:
-            from ..engine.trainer import SISSITrainer as trainer_cls
-        self.trainer_cls, self.hooks = trainer_cls, hooks
-        # the pace of this machine, for the time-left line (wall time of training, epoch checks included)
-        self.seconds, self.iterations = 0.0, 0
-
-    def train(self, key: str, cfg, before_train=None):
-        check_row_settings(cfg)
-        trainer = self.trainer_cls(cfg)
-        if self.hooks is not None:
-            trainer.register_hooks(self.hooks(key, trainer))
-        if before_train is not None:
-            before_train(trainer)
-        trainer.resume_or_load(resume=True)
-        todo = trainer.max_iter - trainer.start_iter
-        if todo > 0:
-            started = time.perf_counter()
-            trainer.train()
-            self.seconds += time.perf_counter() - started
-            self.iterations += todo
-        return trainer
-
-    def evaluate(self, trainer) -> dict:
-        if not trainer.cfg.DATASETS.TEST:
-            return {}
-        results = self.trainer_cls.test(trainer.cfg, trainer.model)
+    ``hooks(key, trainer)``, if given, returns extra hooks for the row's trainer; ``protect``:
+    the row configs that may branch from this one (a trunk keeps their checkpoints). Returns
+    {"metrics", "seconds" (wall time of training, epoch checks included), "iterations" (trained
+    now), "iters_per_epoch", "hooks_state" (the trainer's hooks, JSON types)}.
+    """
+    if trainer_cls is None:
+        from ..engine.trainer import SISSITrainer as trainer_cls
+    check_row_settings(cfg)
+    trainer = trainer_cls(cfg)
+    if hooks is not None:
+        trainer.register_hooks(hooks(key, trainer))
+    if extra_hooks:
+        trainer.register_hooks(list(extra_hooks))
+    if protect:
+        protect_branch_checkpoints(trainer, protect)
+    trainer.resume_or_load(resume=True)
+    todo, seconds = trainer.max_iter - trainer.start_iter, 0.0
+    if todo > 0:
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    metrics = {}
+    if cfg.DATASETS.TEST:
+        results = trainer_cls.test(cfg, trainer.model)
         if "bbox" in results:  # Detectron2 unwraps the results of a single test set
-            results = {trainer.cfg.DATASETS.TEST[0]: results}
-        return {ds: res["bbox"] for ds, res in results.items()}
+            results = {cfg.DATASETS.TEST[0]: results}
+        metrics = {ds: res["bbox"] for ds, res in results.items()}
+    return {"metrics": metrics, "seconds": seconds, "iterations": max(0, todo), "iters_per_epoch": trainer.iters_per_epoch,
+            "hooks_state": json.loads(json.dumps(trainer.state_dict()["hooks"]))}
 
 
 def row_iterations(kind: str, epochs: int, iters_per_epoch: int, start_epoch: int = 0) -> int:
@@ -272,7 +271,7 @@ def _trunk_signals(hooks_state: dict) -> dict:
             "source_val_history": hooks_state.get("SourceValLossHook", {}).get("history", [])}
 
 
-def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
+def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1, setup=None) -> dict:
     """Train and evaluate every row (key -> frozen cfg); ``rows[trunk]`` must use rule 'never'.
 
     ``trainer_cls`` (default ``SISSITrainer``) trains every row; ``hooks(key, trainer)``, if given,
@@ -280,8 +279,15 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
     "branched_from_epoch", "plan", "output_dir", "same_as"} (the trunk's entry also holds its
     "signals") and writes ``row.json`` into each row's folder. Finished rows are reused (resume).
     A row whose start rule would read a signal the trunk did not record raises ValueError.
+
+    ``jobs`` > 1 trains up to that many rows at once, each in its own process sharing the cores
+    (:mod:`.row_jobs`): the trunk together with the rows whose past differs from it (e.g. the
+    Oracle), then the branches. Data sets registered with ``register_sissi_dataset`` are
+    registered again in every process; ``setup()``, if given, runs there first (register others
+    there). ``trainer_cls``, ``hooks`` and ``setup`` must then be picklable (module-level).
     """
-    runner = _Runner(trainer_cls, hooks)
+    from .row_jobs import RowPool
+
     trunk_cfg = rows[trunk]
     if trunk_cfg.SISSI.START_RULE != "never":
         raise ValueError(f"the trunk row {trunk!r} must train on the weak labels (START_RULE never)")
@@ -292,48 +298,79 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None) -> dict:
                 raise ValueError(f"row {key!r} cannot branch from the trunk {trunk!r}: {why}")
     check_rows_fit(rows, trunk)
     branching = [c for k, c in rows.items() if k != trunk and not past_differences(c, trunk_cfg)]
-    logger.info("Rows: training the trunk %r in %s", trunk, trunk_cfg.OUTPUT_DIR)
-    # The trunk keeps the checkpoints its branches may start from until every row has branched.
-    trunk_trainer = runner.train(trunk, trunk_cfg, before_train=lambda t: protect_branch_checkpoints(t, branching))
-    ipe = trunk_trainer.iters_per_epoch
-    trunk_state = json.loads(json.dumps(trunk_trainer.state_dict()["hooks"]))
-    recorded = recorded_signals(trunk_cfg)
-    summary = {trunk: {"metrics": runner.evaluate(trunk_trainer), "branched_from_epoch": 0, "plan": None,
-                       "output_dir": trunk_cfg.OUTPUT_DIR, "same_as": None, "signals": _trunk_signals(trunk_state)}}
-    del trunk_trainer
-    kinds = {key: _row_kind(cfg, trunk_cfg, trunk_state, recorded) for key, cfg in rows.items() if key != trunk}
+    own_past = [k for k in rows if k != trunk and past_differences(rows[k], trunk_cfg)]
+    summary, kinds, done = {}, {}, set()
+    clock = {"started": time.perf_counter(), "seconds": 0.0, "iterations": 0}
 
-    def left(done: set) -> tuple:
+    def left() -> tuple:
         todo = [k for k in kinds if k not in done and kinds[k][0] != "same"]
         its = sum(row_iterations(kinds[k][0], int(rows[k].SISSI.EPOCHS), ipe,
                                  kinds[k][1].start_epoch if kinds[k][1] is not None else 0) for k in todo)
         return todo, its
 
-    done = set()
-    logger.info(time_left_line(*left(done), runner.iterations, runner.seconds))
-    for key, cfg in rows.items():
-        if key == trunk:
-            continue
-        entry = summary[key] = {"output_dir": cfg.OUTPUT_DIR, "same_as": None, "branched_from_epoch": None,
-                                "plan": None}
+    def pace() -> tuple:
+        # one row at a time: its training time; rows at once: the wall time they shared
+        if pool.jobs == 1:
+            return clock["iterations"], clock["seconds"]
+        return clock["iterations"], time.perf_counter() - clock["started"]
+
+    def submit(key: str) -> None:
         kind, plan, why = kinds[key]
-        done.add(key)
+        entry = summary[key] = {"output_dir": rows[key].OUTPUT_DIR, "same_as": None, "branched_from_epoch": None,
+                                "plan": None}
+        if plan is not None:
+            entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
         if kind == "same":
             logger.info("Row %r: its start rule never fires within the epochs; identical to %r", key, trunk)
             entry.update(same_as=trunk, metrics=summary[trunk]["metrics"])
-            continue
-        if plan is not None:
-            entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
+            done.add(key)
+            return
         if kind == "scratch":
             logger.info("Row %r %s: trained from scratch", key, why)
         else:
-            check_row_settings(cfg)  # before the branch checkpoint lands in its folder
-            if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
-                _branch(trunk_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)
+            check_row_settings(rows[key])  # before the branch checkpoint lands in its folder
+            if not os.path.isfile(os.path.join(rows[key].OUTPUT_DIR, "last_checkpoint")):
+                _branch(trunk_cfg.OUTPUT_DIR, rows[key].OUTPUT_DIR, plan, ipe)
             logger.info("Row %r: branched from the trunk at the start of epoch %d", key, plan.start_epoch)
             entry["branched_from_epoch"] = plan.start_epoch
-        entry["metrics"] = runner.evaluate(runner.train(key, cfg))
-        logger.info(time_left_line(*left(done), runner.iterations, runner.seconds))
+        pool.submit(key, rows[key])
+
+    pool = RowPool(jobs, trainer_cls, hooks, setup)
+    ipe = None
+    try:
+        logger.info("Rows: training the trunk %r in %s%s", trunk, trunk_cfg.OUTPUT_DIR,
+                    f" ({pool.jobs} rows at a time)" if pool.jobs > 1 else "")
+        # The trunk keeps the checkpoints its branches may start from until every row has branched.
+        pool.submit(trunk, trunk_cfg, protect=branching)
+        if pool.jobs > 1:  # rows with a past of their own need nothing of the trunk: train them alongside
+            for key in own_past:
+                kinds[key] = _row_kind(rows[key], trunk_cfg, {}, frozenset())
+                submit(key)
+        while pool.pending():
+            key, result = pool.next_done()
+            clock["seconds"] += result["seconds"]
+            clock["iterations"] += result["iterations"]
+            if key != trunk:
+                summary[key]["metrics"] = result["metrics"]
+                done.add(key)
+                if ipe is not None:  # a row beside the trunk may finish first
+                    logger.info(time_left_line(*left(), *pace()))
+                continue
+            ipe = result["iters_per_epoch"]
+            trunk_state = result["hooks_state"]
+            summary[trunk] = {"metrics": result["metrics"], "branched_from_epoch": 0, "plan": None,
+                              "output_dir": trunk_cfg.OUTPUT_DIR, "same_as": None, "signals": _trunk_signals(trunk_state)}
+            recorded = recorded_signals(trunk_cfg)
+            for k in rows:
+                if k != trunk and k not in kinds:
+                    kinds[k] = _row_kind(rows[k], trunk_cfg, trunk_state, recorded)
+            logger.info(time_left_line(*left(), *pace()))
+            for k in rows:
+                if k != trunk and k not in summary:
+                    submit(k)
+    finally:
+        pool.close()
+    summary = {k: summary[k] for k in rows}  # the rows' order
     for key, entry in summary.items():
         atomic_write_json(os.path.join(entry["output_dir"], "row.json"), {"row": key, **entry})
     # Every row has branched: the trunk needs only what its own --resume needs.

@@ -29,7 +29,8 @@ from ..paths import GET_DATA_HELP, cache_dir, shared_data_root
 from .celllab import CELLLAB_CLASSES, load_celllab_folder
 from .cellpose import load_cellpose_folder
 from .image_folder import load_image_folder
-from .registry import DATASET_KINDS, register_sissi_dataset, unregister_sissi_dataset
+from .registry import (DATASET_KINDS, register_sissi_dataset, register_sissi_datasets, registered_sissi_datasets,
+                       unregister_sissi_dataset)
 
 __all__ = [
     "DATASET_KINDS",
@@ -46,6 +47,8 @@ __all__ = [
     "load_coco_boxes",
     "load_celllab_folder",
     "load_image_folder",
+    "register_sissi_datasets",
+    "registered_sissi_datasets",
     "records_to_coco",
     "save_records_as_coco",
     "register_sissi_dataset",

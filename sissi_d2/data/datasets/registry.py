@@ -12,7 +12,8 @@ from .celllab import load_celllab_folder
 from .cellpose import load_cellpose_folder
 from .image_folder import load_image_folder
 
-__all__ = ["DATASET_KINDS", "register_sissi_dataset", "unregister_sissi_dataset"]
+__all__ = ["DATASET_KINDS", "register_sissi_dataset", "unregister_sissi_dataset", "registered_sissi_datasets",
+           "register_sissi_datasets"]
 
 _LOADERS = {
     "cellpose": load_cellpose_folder,
@@ -107,3 +108,17 @@ def unregister_sissi_dataset(name: str) -> bool:
         MetadataCatalog.remove(name)
     _REGISTERED.pop(name, None)
     return was
+
+
+def registered_sissi_datasets() -> dict:
+    """name -> (kind, path, options) of every data set registered through
+    :func:`register_sissi_dataset` in this process: what another process needs to register the
+    same data sets (:func:`register_sissi_datasets`), since the catalogs hold functions that do
+    not travel between processes."""
+    return {name: (kind, path, dict(kwargs)) for name, (kind, path, kwargs) in _REGISTERED.items()}
+
+
+def register_sissi_datasets(datasets: dict) -> list:
+    """Register every data set of :func:`registered_sissi_datasets` (e.g. in a worker process);
+    returns their names."""
+    return [register_sissi_dataset(name, kind, path, **options) for name, (kind, path, options) in datasets.items()]

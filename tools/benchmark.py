@@ -14,6 +14,13 @@ Measured side by side in one run, same machine, same config (configs/demo/Base-D
    <= 5%), and seamless-cloning ms per image at 512 and 1024 px with 60 boxes;
 4./5. memory and scaling: peak RSS and wall time of one correction epoch (pseudo-labels +
    training) for several target-set sizes, each in a fresh process.
+
+  python tools/benchmark.py --rows-at-once    # why tools/table1.py trains 2 rows at once on a CPU
+
+--rows-at-once times a training step of the CPU recipe's model (configs/cpu/weak_only.yaml, a fixed
+batch of 4 random 320 px images with 60 boxes each) in fresh processes: one process with every
+thread, one with 1 thread, and as many 1-thread processes at once as there are threads; it prints
+s per step and the steps per second of the whole machine against the first.
 """
 import argparse
 import json
@@ -198,6 +205,67 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def step_probe(threads: int, steps: int) -> dict:
+    """Median wall time of a training step of the CPU recipe's model on a fixed random batch."""
+    import torch
+    from detectron2.modeling import build_model
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from sissi_d2.config_builder import build_config
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = build_config(os.path.join(ROOT, "configs", "cpu", "weak_only.yaml"), ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    batch = []
+    for _ in range(4):
+        inst = Instances((320, 320))
+        xy = torch.rand(60, 2) * 280
+        inst.gt_boxes = Boxes(torch.cat([xy, (xy + 20 + torch.rand(60, 2) * 25).clamp(max=319)], 1))
+        inst.gt_classes = torch.zeros(60, dtype=torch.long)
+        batch.append({"image": torch.rand(3, 320, 320) * 255, "instances": inst, "height": 320, "width": 320})
+    times = []
+    with EventStorage(0):
+        for _ in range(steps + 2):  # 2 warm-up steps
+            t = time.perf_counter()
+            loss = sum(model(batch).values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+    return {"threads": threads, "s_per_step": statistics.median(times[2:])}
+
+
+def rows_at_once(args) -> None:
+    import torch
+
+    cores = torch.get_num_threads()
+
+    def probes(threads_each: list) -> list:
+        cmd = [sys.executable, os.path.abspath(__file__), "--steps", str(args.steps), "--step-probe"]
+        procs = [subprocess.Popen(cmd + [str(t)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for t in threads_each]
+        out = []
+        for p in procs:
+            stdout, stderr = p.communicate()
+            if p.returncode != 0:
+                raise RuntimeError(f"step probe failed:\n{stderr[-3000:]}")
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+        return out
+
+    print(f"Training steps of the CPU recipe's model, {args.steps} timed steps per process, {cores} threads here")
+    rows = [("1 process, %d threads" % cores, probes([cores])), ("1 process, 1 thread", probes([1])),
+            ("%d processes at once, 1 thread each" % cores, probes([1] * cores))]
+    base = 1 / rows[0][1][0]["s_per_step"]
+    print("| what | s per step (per process) | steps per s, whole machine | ratio |\n|---|---|---|---|")
+    for name, runs in rows:
+        rate = sum(1 / r["s_per_step"] for r in runs)
+        per_process = " / ".join(f"{r['s_per_step']:.2f}" for r in runs)
+        print(f"| {name} | {per_process} | {rate:.3f} | {rate / base:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/bench")
@@ -211,8 +279,17 @@ def main():
     parser.add_argument("--scales", type=float, nargs="+", default=[0.8, 0.9, 1.0, 1.1, 1.2])
     parser.add_argument("--flips", nargs="+", default=["none", "h", "v", "hv"])
     parser.add_argument("--one-epoch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--step-probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rows-at-once", action="store_true",
+                        help="only time training steps: 1 process with every thread vs processes at 1 thread each")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
+    if args.step_probe is not None:
+        print(json.dumps(step_probe(args.step_probe, args.steps)))
+        return None
+    if args.rows_at_once:
+        args.steps = 10 if args.steps == 30 else args.steps
+        return rows_at_once(args)
     if args.quick:
         args.steps, args.warmup, args.repeats, args.sizes = 8, 2, 1, [8, 16, 32]
     out = os.path.abspath(args.output)

@@ -22,6 +22,9 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_module
+import signal
+import threading
+import time
 import traceback
 
 import torch
@@ -64,8 +67,21 @@ def _setup_logging(key: str, output_dir: str) -> None:
     setup_logger(log, name="fvcore", abbrev_name=f"{key}:fvcore")
 
 
-def _work(results, key, cfg, protect, trainer_cls, hooks, setup, datasets, cores, running) -> None:
+def _exit_with_parent(parent_pid: int, every_s: float = 5.0) -> None:
+    """End this process when its parent is gone (killed with SIGKILL, say): an orphaned row would
+    go on taking the cores. Its checkpoints are written atomically, so stopping anywhere is safe."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _work(results, key, cfg, protect, trainer_cls, hooks, setup, datasets, cores, running, parent_pid=None) -> None:
     """A row's process: train and evaluate it, put (key, "ok", result) or (key, "error", traceback)."""
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
     try:
         import sissi_d2  # noqa: F401  (the compatibility patches, in a fresh interpreter)
         from sissi_d2.data.datasets import register_sissi_datasets
@@ -106,6 +122,10 @@ class RowPool:
             self._count = self._ctx.Value("i", 0)
             self._datasets = registered_sissi_datasets()
             self._cores = torch.get_num_threads()  # what this process was given (OMP_NUM_THREADS, or all cores)
+            # `kill PID` of this process stops its rows too (close() runs), as Ctrl-C does
+            self._sigterm = None
+            if threading.current_thread() is threading.main_thread():
+                self._sigterm = signal.signal(signal.SIGTERM, _raise_system_exit)
 
     def submit(self, key: str, cfg, protect=()) -> None:
         self.waiting.append((key, cfg, list(protect)))
@@ -152,7 +172,7 @@ class RowPool:
             proc = self._ctx.Process(
                 target=_work, name=f"row-{key}",
                 args=(self._results, key, cfg, protect, self.trainer_cls, self.hooks, self.setup, self._datasets,
-                      self._cores, self._count))
+                      self._cores, self._count, os.getpid()))
             proc.start()
             self.running[key] = (proc, cfg.OUTPUT_DIR)
             logger.info("Row %r: training in process %d (log: %s)", key, proc.pid, os.path.join(cfg.OUTPUT_DIR, "log.txt"))
@@ -165,3 +185,10 @@ class RowPool:
                 proc.terminate()
             proc.join(timeout=30)
         self.running.clear()
+        if self.jobs > 1 and self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
+
+
+def _raise_system_exit(signum, frame):
+    raise SystemExit(128 + signum)

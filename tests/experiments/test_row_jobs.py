@@ -106,3 +106,50 @@ def test_jobs_must_be_positive_and_threads_follow_the_rows_running():
     assert share.threads() == 4
     running.value = 8
     assert share.threads() == 1
+
+
+def test_sigterm_stops_the_rows_and_close_restores_the_handler():
+    import signal
+
+    from sissi_d2.experiments.row_jobs import RowPool
+
+    before = signal.getsignal(signal.SIGTERM)
+    pool = RowPool(2)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            signal.raise_signal(signal.SIGTERM)  # `kill PID`: unwinds to run_rows' finally, which closes the pool
+        assert stop.value.code == 128 + signal.SIGTERM
+    finally:
+        pool.close()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_row_process_ends_when_its_parent_is_killed(tmp_path):
+    """A row's process whose parent dies (SIGKILL: no finally runs) ends by itself instead of
+    training on as an orphan."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; import sissi_d2.experiments.row_jobs as j; "
+            "j._exit_with_parent(int(sys.argv[1]), every_s=0.2); print('ready', flush=True); time.sleep(120)")
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(["bash", "-c", f'"{sys.executable}" -c "{code}" $$ & echo $! > {pid_file}; wait'],
+                              stdout=subprocess.PIPE, text=True)
+    assert parent.stdout.readline().strip() == "ready"
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "\tZ" not in next(line for line in f if line.startswith("State:"))
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 20
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(child)

@@ -115,7 +115,16 @@ class RowPool:
         self.waiting = collections.deque()  # (key, cfg, protect)
         self.running = {}  # key -> (process, output_dir)
         if self.jobs > 1:
+            import pickle
+
             from sissi_d2.data.datasets import registered_sissi_datasets
+
+            try:
+                pickle.dumps((trainer_cls, hooks, setup))
+            except Exception as e:  # a lambda or a class defined inside a function
+                raise TypeError(f"run_rows(jobs={self.jobs}) sends trainer_cls, hooks and setup to each row's process, "
+                                f"so they must be picklable (defined at module level): {e}. Use jobs=1 to train "
+                                "the rows in this process with them.") from e
 
             self._ctx = mp.get_context("spawn")
             self._results = self._ctx.Queue()

@@ -99,6 +99,9 @@ def test_jobs_must_be_positive_and_threads_follow_the_rows_running():
 
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         RowPool(0)
+    with pytest.raises(TypeError, match="must be picklable"):
+        RowPool(2, hooks=lambda key, trainer: [])
+    RowPool(1, hooks=lambda key, trainer: [])  # one row at a time: trained here, nothing is sent
     running = mp.Value("i", 2)
     share = ShareCores(4, running)
     assert share.threads() == 2

@@ -3,7 +3,7 @@
 Why: a CPU training step of the lean model does not keep two cores busy. Its convolutions run
 1.6x faster on two threads than on one (2.7 vs 4.3 s per step on the 2-core AVX2 host), and the
 data loading, the per-epoch checks and the pseudo-labelling's fusion run largely on one thread.
-Two rows trained at once with one thread each move ~1.4x more iterations per hour than the same
+Two rows trained at once with one thread each move 1.2-1.4x more iterations per hour than the same
 rows one after the other with two threads (measured: docs/performance.md). The trunk and the
 rows with a past of their own (the Oracle) need nothing from each other, and the branches need
 only the trunk's checkpoints, so they can run side by side.

@@ -234,20 +234,27 @@ def row_iterations(kind: str, epochs: int, iters_per_epoch: int, start_epoch: in
     raise ValueError(f"unknown row kind {kind!r} (scratch, branch or same)")
 
 
-def time_left_line(rows_left: list, iterations_left: int, iterations_done: int, seconds_done: float) -> str:
+def time_left_line(rows_left: list, iterations_left: int, iterations_done: int, seconds_done: float,
+                   at_once: int = 1) -> str:
     """One progress line for a set of rows: what is left, and how long it takes at the pace
     measured so far on this machine (the paper's configs or a slower CPU change it a lot, so
-    it is measured, never assumed). Rows that clone or pseudo-label cost more per iteration
-    than the trunk, so the figure is a lower bound while only the trunk has been timed."""
+    it is measured, never assumed). ``seconds_done``: the training time of the rows finished so
+    far, each row's own; with ``at_once`` rows trained at a time, that pace is shared by that many
+    rows. Rows that clone or pseudo-label cost more per iteration than the trunk, and a row
+    still training counts whole, so the figure is rough until a few rows have finished."""
     if not rows_left:
         return "Rows: all rows trained"
     names = ", ".join(rows_left)
     if iterations_done <= 0:
         return f"Rows: left {names}, {iterations_left} iterations (no pace measured yet: every row so far was reused)"
     pace = seconds_done / iterations_done
+    measured = f"measured on this machine: {iterations_done} iterations in {seconds_done / 60:.1f} min"
+    if at_once > 1:
+        return (f"Rows: left {names}, {iterations_left} iterations: about "
+                f"{iterations_left * pace / at_once / 60:.0f} min, {at_once} rows at a time at {pace:.2f} s per "
+                f"iteration each ({measured} of row time, epoch checks included)")
     return (f"Rows: left {names}, {iterations_left} iterations: about {iterations_left * pace / 60:.0f} min at "
-            f"{pace:.2f} s per iteration (measured on this machine: {iterations_done} iterations in "
-            f"{seconds_done / 60:.1f} min, epoch checks included)")
+            f"{pace:.2f} s per iteration ({measured}, epoch checks included)")
 
 
 def _row_kind(cfg, trunk_cfg, trunk_state: dict, recorded) -> tuple:
@@ -300,19 +307,13 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
     branching = [c for k, c in rows.items() if k != trunk and not past_differences(c, trunk_cfg)]
     own_past = [k for k in rows if k != trunk and past_differences(rows[k], trunk_cfg)]
     summary, kinds, done = {}, {}, set()
-    clock = {"started": time.perf_counter(), "seconds": 0.0, "iterations": 0}
+    clock = {"seconds": 0.0, "iterations": 0}  # the training time and iterations of the rows finished
 
     def left() -> tuple:
         todo = [k for k in kinds if k not in done and kinds[k][0] != "same"]
         its = sum(row_iterations(kinds[k][0], int(rows[k].SISSI.EPOCHS), ipe,
                                  kinds[k][1].start_epoch if kinds[k][1] is not None else 0) for k in todo)
         return todo, its
-
-    def pace() -> tuple:
-        # one row at a time: its training time; rows at once: the wall time they shared
-        if pool.jobs == 1:
-            return clock["iterations"], clock["seconds"]
-        return clock["iterations"], time.perf_counter() - clock["started"]
 
     def submit(key: str) -> None:
         kind, plan, why = kinds[key]
@@ -354,7 +355,7 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
                 summary[key]["metrics"] = result["metrics"]
                 done.add(key)
                 if ipe is not None:  # a row beside the trunk may finish first
-                    logger.info(time_left_line(*left(), *pace()))
+                    logger.info(time_left_line(*left(), clock["iterations"], clock["seconds"], pool.jobs))
                 continue
             ipe = result["iters_per_epoch"]
             trunk_state = result["hooks_state"]
@@ -364,7 +365,7 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
             for k in rows:
                 if k != trunk and k not in kinds:
                     kinds[k] = _row_kind(rows[k], trunk_cfg, trunk_state, recorded)
-            logger.info(time_left_line(*left(), *pace()))
+            logger.info(time_left_line(*left(), clock["iterations"], clock["seconds"], pool.jobs))
             for k in rows:
                 if k != trunk and k not in summary:
                     submit(k)

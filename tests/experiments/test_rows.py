@@ -196,4 +196,8 @@ def test_row_iterations_and_the_time_left_line():
     assert line.startswith("Rows: left plain_a, oracle, 1350 iterations: about 68 min at 3.00 s per iteration")
     assert "1000 iterations in 50.0 min" in line
     assert "no pace measured yet" in time_left_line(["oracle"], 1000, 0, 0.0)
+    # two rows at a time, each at 6 s per iteration: they share the time left
+    line = time_left_line(["plain_a", "oracle"], 1350, 1000, 6000.0, at_once=2)
+    assert line.startswith("Rows: left plain_a, oracle, 1350 iterations: about 68 min, 2 rows at a time at 6.00 s per "
+                           "iteration each"), line
     assert time_left_line([], 0, 1000, 3000.0) == "Rows: all rows trained"

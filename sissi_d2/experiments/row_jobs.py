@@ -78,10 +78,9 @@ def _exit_with_parent(parent_pid: int, every_s: float = 5.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _work(results, key, cfg, protect, trainer_cls, hooks, setup, datasets, cores, running, parent_pid=None) -> None:
+def _work(results, key, cfg, protect, trainer_cls, hooks, setup, datasets, cores, running, parent_pid) -> None:
     """A row's process: train and evaluate it, put (key, "ok", result) or (key, "error", traceback)."""
-    if parent_pid is not None:
-        _exit_with_parent(parent_pid)
+    _exit_with_parent(parent_pid)
     try:
         import sissi_d2  # noqa: F401  (the compatibility patches, in a fresh interpreter)
         from sissi_d2.data.datasets import register_sissi_datasets

@@ -304,8 +304,8 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
             if why:
                 raise ValueError(f"row {key!r} cannot branch from the trunk {trunk!r}: {why}")
     check_rows_fit(rows, trunk)
-    branching = [c for k, c in rows.items() if k != trunk and not past_differences(c, trunk_cfg)]
     own_past = [k for k in rows if k != trunk and past_differences(rows[k], trunk_cfg)]
+    branching = [c for k, c in rows.items() if k != trunk and k not in own_past]
     summary, kinds, done = {}, {}, set()
     clock = {"seconds": 0.0, "iterations": 0}  # the training time and iterations of the rows finished
 

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import sissi_d2  # noqa: E402,F401
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "Base-Demo.yaml")
 
 
 def _data(root, n_target, seed=0):
@@ -205,37 +206,140 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+RECIPE_CONFIG = os.path.join(ROOT, "configs", "cpu", "weak_only.yaml")
+
+
+def _train_input(cfg):
+    """Side and image count of one training step's input: the crop if the config crops, else the
+    shortest-side training size, as a square; SISSI's source + target images per step."""
+    crop = cfg.INPUT.CROP
+    side = int(crop.SIZE[0]) if crop.ENABLED and crop.TYPE == "absolute" else int(cfg.INPUT.MIN_SIZE_TRAIN[0])
+    return side, cfg.SISSI.IMS_PER_BATCH_SOURCE + cfg.SISSI.IMS_PER_BATCH_TARGET
+
+
+def _random_batch(side: int, n_images: int, n_boxes: int = 60):
+    """Random images of ``side`` px with ``n_boxes`` random cell-sized boxes each (fixed seed)."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(0)
+    batch = []
+    for _ in range(n_images):
+        inst = Instances((side, side))
+        xy = torch.rand(n_boxes, 2, generator=g) * (side - 40)
+        wh = 20 + torch.rand(n_boxes, 2, generator=g) * 25
+        inst.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=side - 1)], 1))
+        inst.gt_classes = torch.zeros(n_boxes, dtype=torch.long)
+        batch.append({"image": torch.rand(3, side, side, generator=g) * 255, "instances": inst,
+                      "height": side, "width": side})
+    return batch
+
+
+def _training_step(cfg):
+    """A closure running one SGD step of ``cfg``'s model on a fixed random training batch."""
+    import torch
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    batch = _random_batch(*_train_input(cfg))
+
+    def step():
+        loss = sum(model(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, batch, step
+
+
+def _timed(step, n: int) -> list:
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def step_probe(threads: int, steps: int) -> dict:
     """Median wall time of a training step of the CPU recipe's model on a fixed random batch."""
     import torch
-    from detectron2.modeling import build_model
-    from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
     from sissi_d2.config_builder import build_config
 
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    cfg = build_config(os.path.join(ROOT, "configs", "cpu", "weak_only.yaml"), ["MODEL.DEVICE", "cpu"])
-    model = build_model(cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    batch = []
-    for _ in range(4):
-        inst = Instances((320, 320))
-        xy = torch.rand(60, 2) * 280
-        inst.gt_boxes = Boxes(torch.cat([xy, (xy + 20 + torch.rand(60, 2) * 25).clamp(max=319)], 1))
-        inst.gt_classes = torch.zeros(60, dtype=torch.long)
-        batch.append({"image": torch.rand(3, 320, 320) * 255, "instances": inst, "height": 320, "width": 320})
-    times = []
+    _, _, step = _training_step(build_config(RECIPE_CONFIG, ["MODEL.DEVICE", "cpu"]))
     with EventStorage(0):
-        for _ in range(steps + 2):  # 2 warm-up steps
-            t = time.perf_counter()
-            loss = sum(model(batch).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t)
+        times = _timed(step, steps + 2)  # 2 warm-up steps
     return {"threads": threads, "s_per_step": statistics.median(times[2:])}
+
+
+# The parts of a Detectron2 R-CNN whose multiply-adds --model-cost lists (prefixes of module names).
+_PARTS = ["backbone.bottom_up.stem", "backbone.bottom_up.res2", "backbone.bottom_up.res3", "backbone.bottom_up.res4",
+          "backbone.bottom_up.res5", "backbone.fpn_lateral", "backbone.fpn_output", "proposal_generator",
+          "roi_heads"]
+
+
+def multiply_adds_by_part(model, batch) -> dict:
+    """Multiply-adds (fvcore's flop count: one per multiply-add) of a training forward pass of
+    ``model`` on the first image of ``batch``, summed by part of the detector, and the total."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage(0):
+        counter = FlopCountAnalysis(model, batch[:1])
+        counter.unsupported_ops_warnings(False)
+        counter.uncalled_modules_warnings(False)
+        by_module = counter.by_module()
+        total = counter.total()
+    leaves = {name: n for name, n in by_module.items() if name.count(".") >= 1}
+    parts = {}
+    for part in _PARTS:
+        # FlopCountAnalysis names modules from the traced wrapper ("model.<name>"); FPN layers are
+        # one module per level (fpn_output2 ...), so a part sums every direct child that starts with it.
+        prefix = "model." + part
+        parts[part] = sum(n for name, n in leaves.items() if name.startswith(prefix)
+                          and "." not in name[len(prefix):].lstrip("0123456789"))
+    parts["total"] = total
+    return parts
+
+
+def model_cost(args) -> None:
+    """Multiply-adds by part and training-step time of a config's model, and, when overrides are
+    given, of the model without them, steps interleaved so that both see the same load."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    from sissi_d2.config_builder import build_config
+
+    config = args.config_file if args.config_file != DEMO_CONFIG else RECIPE_CONFIG
+    variants = [("with the overrides", list(args.opts))] if args.opts else []
+    variants.insert(0, ("config as is", []))
+    built = []
+    for name, opts in variants:
+        cfg = build_config(config, ["MODEL.DEVICE", args.device] + opts)
+        built.append((name, cfg, *_training_step(cfg)))
+    side, n_images = _train_input(built[0][1])
+    print(f"{os.path.relpath(config, ROOT)}: training input {n_images} x {side}x{side} px, "
+          f"{torch.get_num_threads()} thread(s)" + (f"; overrides: {' '.join(args.opts)}" if args.opts else ""))
+    costs = [multiply_adds_by_part(model, batch) for _, _, model, batch, _ in built]
+    print("| part | " + " | ".join(f"GMAC per image, {name}" for name, *_ in built) + " |")
+    print("|---|" + "---|" * len(built))
+    for part in _PARTS + ["total"]:
+        print(f"| {part} | " + " | ".join(f"{c[part] / 1e9:.3f} ({100 * c[part] / c['total']:.0f} %)"
+                                         for c in costs) + " |")
+    times = {name: [] for name, *_ in built}
+    with EventStorage(0):
+        for _, _, _, _, step in built:
+            _timed(step, 2)  # warm-up
+        for _ in range(args.steps):
+            for name, _, _, _, step in built:
+                times[name] += _timed(step, 1)
+    ref = statistics.median(times[built[0][0]])
+    print(f"Training step ({args.steps} per model, interleaved), median s: " + ", ".join(
+        f"{name} {statistics.median(t):.2f} ({ref / statistics.median(t):.2f}x)" for name, t in times.items()))
 
 
 def rows_at_once(args) -> None:
@@ -269,7 +373,8 @@ def rows_at_once(args) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/bench")
-    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "demo", "Base-Demo.yaml"))
+    parser.add_argument("--config-file", default=DEMO_CONFIG,
+                        help="default: the demo config; configs/cpu/weak_only.yaml for --model-cost")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--steps", type=int, default=30)
@@ -282,6 +387,9 @@ def main():
     parser.add_argument("--step-probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rows-at-once", action="store_true",
                         help="only time training steps: 1 process with every thread vs processes at 1 thread each")
+    parser.add_argument("--model-cost", action="store_true",
+                        help="multiply-adds by part and training-step time of the config's model, against the "
+                             "model without the overrides if any are given")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
     if args.step_probe is not None:
@@ -290,6 +398,9 @@ def main():
     if args.rows_at_once:
         args.steps = 10 if args.steps == 30 else args.steps
         return rows_at_once(args)
+    if args.model_cost:
+        args.steps = 10 if args.steps == 30 else args.steps
+        return model_cost(args)
     if args.quick:
         args.steps, args.warmup, args.repeats, args.sizes = 8, 2, 1, [8, 16, 32]
     out = os.path.abspath(args.output)

@@ -24,7 +24,7 @@ import time
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "TRAIN_TRUTH", "RECIPE_V1", "RECIPE_V2", "RECIPE_V3", "RECIPE_V3_HALF", "RECIPE_PSEUDO"]
+__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "TRAIN_TRUTH", "RECIPE_V1", "RECIPE_V2", "RECIPE_V3", "RECIPE_V3_HALF", "LIGHT_MODEL", "RECIPE_PSEUDO"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,18 @@ RECIPE_V3 = RECIPE_V2 + ["SISSI.IMS_PER_BATCH_SOURCE", "1", "SISSI.IMS_PER_BATCH
 # than the one the recipe was measured on (docs/performance.md "Host speed"), where the 20-epoch
 # table takes about 4 hours. Measured to put a number on what halving the budget loses.
 RECIPE_V3_HALF = RECIPE_V3 + ["SISSI.EPOCHS", "10"]
+# Recipe v3 on a lighter model: the same schedule and data, a 64-channel FPN without its stride-4
+# level P2 (boxes come from P3-P6, two anchor sizes per level covering the recipe's 16-256 px).
+# Why: a forward pass of the recipe's model spends 21 % of its multiply-adds in the 128-channel
+# FPN and 19 % in the RPN head, three quarters of both on P2 (80x80 positions per 320 px crop,
+# 19,200 anchors); a training step of this model took 2.22 s against 4.12 s for the recipe's
+# (1.86x; one thread each, same fixed batch, interleaved; docs/performance.md). Measured to see
+# whether a table that fits 2 hours on the slow host keeps the recipe's premise.
+LIGHT_MODEL = [
+    "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5']",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 32], [48, 64], [96, 128], [192, 256]]",
+    "MODEL.RPN.IN_FEATURES", "['p3', 'p4', 'p5', 'p6']", "MODEL.ROI_HEADS.IN_FEATURES", "['p3', 'p4', 'p5']",
+]
 # Pseudo-labels for the study's branches: flips only at scale 1.0 (multi-scale views inflate the
 # boxes of this from-scratch detector 10-15 % per round, shared/docs/probes.md) and the low
 # thresholds whose first round came nearest to the weak labels in the probes.
@@ -105,6 +117,10 @@ ENTRIES = [
        "host 2.6x slower", LEAN, WEAK_ONLY_ROW + RECIPE_V3_HALF, final=True),
     _e("r4_oracle_e10", "train", "recipe v3 at half length on the true labels", LEAN, ORACLE_ROW + RECIPE_V3_HALF,
        final=True),
+    _e("r5_weak_only_light", "train", "recipe v3 on a 64-channel FPN without P2 (1.86x faster steps): the trunk of "
+       "a table that would fit 2 hours on the slow host", LEAN, WEAK_ONLY_ROW + RECIPE_V3 + LIGHT_MODEL, final=True),
+    _e("r5_oracle_light", "train", "recipe v3 on the light model, true labels", LEAN,
+       ORACLE_ROW + RECIPE_V3 + LIGHT_MODEL, final=True),
     _e("r2_fusion_e20", "fusion", "first-round pseudo-labels of the rotation-free trunk's final model",
        parent="r2_weak_only", start_epoch=20,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),

@@ -24,3 +24,32 @@ def test_rows_at_once_prints_one_line_per_setting_with_its_ratio():
         assert all(s > 0 for s in per_process)
         assert len(per_process) == (2 if "at once" in cells[1] else 1)
         assert abs(float(cells[3]) - sum(1 / s for s in per_process)) < 0.01
+
+
+def _gmac_cells(line: str) -> list:
+    return [float(cell.split("(")[0]) for cell in line.split("|")[2:-1]]
+
+
+def test_model_cost_counts_each_part_and_times_the_model_with_and_without_the_overrides():
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--model-cost", "--steps", "1",
+                           "MODEL.FPN.OUT_CHANNELS", "64"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "configs/cpu/weak_only.yaml: training input 4 x 320x320 px" in out  # the recipe's crops, 1 + 3 images
+    parts = {line.split("|")[1].strip(): _gmac_cells(line) for line in out.splitlines()
+             if line.startswith("| ") and "GMAC" not in line}
+    total = parts.pop("total")
+    for column in range(2):
+        assert abs(sum(p[column] for p in parts.values()) - total[column]) <= 0.01 * total[column]
+    # a 64- instead of a 128-channel FPN: its 3x3 output convolutions and the RPN head's (128 -> 128
+    # channels, then 64 -> 64) cost a quarter; the ResNet before it is untouched
+    assert abs(parts["backbone.fpn_output"][0] / parts["backbone.fpn_output"][1] - 4) < 0.1
+    assert parts["backbone.bottom_up.res3"][0] == parts["backbone.bottom_up.res3"][1]
+    assert total[1] < total[0]
+    timing = re.search(r"config as is ([\d.]+) \(1\.00x\), with the overrides ([\d.]+) \(([\d.]+)x\)", out)
+    assert timing, out
+    as_is, lighter, ratio = map(float, timing.groups())
+    assert as_is > 0 and lighter > 0
+    rounding = ratio * (0.005 / as_is + 0.005 / lighter) + 0.005  # the times are printed to 2 decimals
+    assert abs(ratio - as_is / lighter) <= rounding

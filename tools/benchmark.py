@@ -294,13 +294,13 @@ def multiply_adds_by_part(model, batch) -> dict:
         counter.uncalled_modules_warnings(False)
         by_module = counter.by_module()
         total = counter.total()
-    leaves = {name: n for name, n in by_module.items() if name.count(".") >= 1}
+    modules = {name: n for name, n in by_module.items() if name.count(".") >= 1}
     parts = {}
     for part in _PARTS:
         # FlopCountAnalysis names modules from the traced wrapper ("model.<name>"); FPN layers are
         # one module per level (fpn_output2 ...), so a part sums every direct child that starts with it.
         prefix = "model." + part
-        parts[part] = sum(n for name, n in leaves.items() if name.startswith(prefix)
+        parts[part] = sum(n for name, n in modules.items() if name.startswith(prefix)
                           and "." not in name[len(prefix):].lstrip("0123456789"))
     parts["total"] = total
     return parts
@@ -314,7 +314,7 @@ def model_cost(args) -> None:
 
     from sissi_d2.config_builder import build_config
 
-    config = args.config_file if args.config_file != DEMO_CONFIG else RECIPE_CONFIG
+    config = args.config_file
     variants = [("with the overrides", list(args.opts))] if args.opts else []
     variants.insert(0, ("config as is", []))
     built = []
@@ -373,7 +373,7 @@ def rows_at_once(args) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/bench")
-    parser.add_argument("--config-file", default=DEMO_CONFIG,
+    parser.add_argument("--config-file", default=None,
                         help="default: the demo config; configs/cpu/weak_only.yaml for --model-cost")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
@@ -392,6 +392,7 @@ def main():
                              "model without the overrides if any are given")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
+    args.config_file = args.config_file or (RECIPE_CONFIG if args.model_cost else DEMO_CONFIG)
     if args.step_probe is not None:
         print(json.dumps(step_probe(args.step_probe, args.steps)))
         return None

@@ -63,8 +63,8 @@ RECIPE_V3_HALF = RECIPE_V3 + ["SISSI.EPOCHS", "10"]
 # level P2 (boxes come from P3-P6, two anchor sizes per level covering the recipe's 16-256 px).
 # Why: a forward pass of the recipe's model spends 21 % of its multiply-adds in the 128-channel
 # FPN and 19 % in the RPN head, three quarters of both on P2 (80x80 positions per 320 px crop,
-# 19,200 anchors); a training step of this model took 2.22 s against 4.12 s for the recipe's
-# (1.86x; one thread each, same fixed batch, interleaved; docs/performance.md). Measured to see
+# 19,200 anchors); a training step of this model took 2.21 s against 4.01 s for the recipe's
+# (1.82x; `tools/benchmark.py --model-cost` with these overrides, one thread; docs/performance.md). Measured to see
 # whether a table that fits 2 hours on the slow host keeps the recipe's premise.
 LIGHT_MODEL = [
     "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5']",
@@ -117,7 +117,7 @@ ENTRIES = [
        "host 2.6x slower", LEAN, WEAK_ONLY_ROW + RECIPE_V3_HALF, final=True),
     _e("r4_oracle_e10", "train", "recipe v3 at half length on the true labels", LEAN, ORACLE_ROW + RECIPE_V3_HALF,
        final=True),
-    _e("r5_weak_only_light", "train", "recipe v3 on a 64-channel FPN without P2 (1.86x faster steps): the trunk of "
+    _e("r5_weak_only_light", "train", "recipe v3 on a 64-channel FPN without P2 (1.82x faster steps): the trunk of "
        "a table that would fit 2 hours on the slow host", LEAN, WEAK_ONLY_ROW + RECIPE_V3 + LIGHT_MODEL, final=True),
     _e("r5_oracle_light", "train", "recipe v3 on the light model, true labels", LEAN,
        ORACLE_ROW + RECIPE_V3 + LIGHT_MODEL, final=True),

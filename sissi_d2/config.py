@@ -75,6 +75,11 @@ def add_sissi_config(cfg):
     _C.SISSI.CLONING.BLUR = "strong"
     _C.SISSI.CLONING.KERNEL_SIZE = 71
     _C.SISSI.CLONING.SIGMA = 30.0
+    # The synthetic-like image depends only on the image and its boxes, which are fixed within an
+    # epoch, while SISSI.TARGET_REPEATS draws each image several times: the target mapper clones
+    # an image once per epoch and keeps the result (least recently used out first) in at most
+    # this many MiB per loader process. 0 clones at every draw. The images are bitwise the same.
+    _C.SISSI.CLONING.CACHE_MB = 512
 
     # ---- when label correction starts (registry SISSI_START_RULE_REGISTRY) ----
     # "adele" | "source_val_loss" | "epoch:N" | "never"

@@ -1,8 +1,9 @@
 """Dataset mappers for the two domains, selected by name through ``SISSI_MAPPER_REGISTRY``.
 
 The target mapper rebuilds the synthetic-like image from the labels the record carries NOW
-(weak labels or the latest pseudo-labels) each time a sample is drawn, before any geometric
-augmentation, so the cloned cells and their boxes stay aligned.
+(weak labels or the latest pseudo-labels) before any geometric augmentation, so the cloned cells
+and their boxes stay aligned; an image drawn again in the same epoch reuses its clone
+(``SISSI.CLONING.CACHE_MB``).
 
 With ``SISSI.SYNTH.ENABLED`` the target mapper is :class:`SISSICutPasteMapper` (built per epoch by
 :func:`build_cut_paste_mapper`): a draw becomes, with probability 1 - ``SISSI.SYNTH.REAL_FRACTION``,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -114,12 +116,52 @@ class SISSITargetMapper(SISSISourceMapper):
         super().__init__(cfg, is_train, augmentations)
         self.cloning = bool(cloning)
         self.blur_ksize, self.blur_sigma = cloning_blur(cfg)
+        cache_mb = float(cfg.SISSI.CLONING.CACHE_MB)
+        if cache_mb < 0:
+            raise ValueError(f"SISSI.CLONING.CACHE_MB={cache_mb}: expected MiB >= 0 (0 clones at every draw)")
+        # A mapper lives for one epoch (the trainer builds one per epoch), so the cache never
+        # outlives the labels it was cloned from; the key holds the boxes all the same.
+        self.cloned = _ClonedImageCache(int(cache_mb * 2**20))
 
     def prepare_image(self, record, image):
         if not self.cloning:
             return image
         boxes = np.asarray([a["bbox"] for a in record.get("annotations", [])], dtype=np.float32).reshape(-1, 4)
-        return make_synthetic_like(image, boxes, self.blur_ksize, self.blur_sigma)
+        key = (record["file_name"], image.shape, boxes.tobytes())
+        cloned = self.cloned.get(key)
+        if cloned is None:
+            cloned = make_synthetic_like(image, boxes, self.blur_ksize, self.blur_sigma)
+            self.cloned.put(key, cloned)
+        # A copy: the augmentations downstream may write into the array they are given.
+        return cloned.copy()
+
+
+class _ClonedImageCache:
+    """Least-recently-used arrays within a byte budget (an array larger than it is not kept)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._arrays: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+
+    def get(self, key):
+        array = self._arrays.get(key)
+        if array is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._arrays.move_to_end(key)
+        return array
+
+    def put(self, key, array: np.ndarray) -> None:
+        if array.nbytes > self.max_bytes:
+            return
+        while self.bytes + array.nbytes > self.max_bytes:
+            _, evicted = self._arrays.popitem(last=False)
+            self.bytes -= evicted.nbytes
+        self._arrays[key] = array
+        self.bytes += array.nbytes
 
 
 def build_mapper(cfg, domain: str, is_train: bool = True, **kwargs):

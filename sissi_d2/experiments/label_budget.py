@@ -34,6 +34,7 @@ from ..data.label_degradation import (AXES, Degradation, check_complete_labels, 
                                       labels_of_records)
 from ..utils.atomic import atomic_write_json
 from .specs import RowSpec
+from .study import P2_MODEL
 
 __all__ = ["METHODS", "Cost", "Plan", "PLANS", "plan_points", "plan_sets", "label_sets", "set_configs", "estimate",
            "run_set", "run_budget", "write_label_set", "budget_table", "budget_figures", "describe_plan"]
@@ -95,7 +96,8 @@ class Plan:
 REAL_EPOCHS = 7
 REAL_SIZING = ["SISSI.EPOCHS", str(REAL_EPOCHS), "SISSI.ADELE.HORIZON", "5", "SISSI.ADELE.MIN_POINTS", "4",
                "SOLVER.WARMUP_ITERS", "20"]
-REAL_COMMON = ["SISSI.EVAL.MAX_DETS", "400", "SISSI.SOURCE_VAL_DATASETS", "()"]
+# The model of configs/cpu before the light one, pinned: docs/label_budget.md was measured with it.
+REAL_COMMON = ["SISSI.EVAL.MAX_DETS", "400", "SISSI.SOURCE_VAL_DATASETS", "()"] + P2_MODEL
 # docs/experiments.md (r2_weak_only on the idle machine): 1.4-1.6 s per iteration of 4 crops of
 # 320 px with 2 threads (recipe v3 trains the same 4 crops, 1 source + 3 target); cloning: 0.5-0.7 s
 # CPU per 1024x1022 Usiigaci image with the strong blur (measured for this study), 3 per

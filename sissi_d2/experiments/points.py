@@ -16,7 +16,8 @@ train on each click set:
   pseudo-labels.
 
 The rows of a click set are trained with ``experiments.rows.run_rows`` (the last row branches
-from the third) on the CPU recipe (configs/cpu/weak_only.yaml, on configs/cpu/Base-Recipe.yaml) and
+from the third) on the CPU recipe (configs/cpu/weak_only.yaml, on configs/cpu/Base-Recipe.yaml) with
+the model its report was measured with (the 128-channel FPN with P2, ``study.P2_MODEL``) and
 scored on the test set. The quality of the boxes made from the clicks is measured against the
 truth too. Resumable: finished rows are reused and an interrupted one resumes (``run_rows``).
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..utils.atomic import atomic_write_json
+from .study import P2_MODEL
 
 __all__ = ["FRACTIONS", "REAL_FRACTIONS", "REAL_OPTS", "ROWS", "TRUNK", "Setting", "SETTINGS", "setting_opts",
            "row_configs", "clicks_from_masks", "keep_clicks", "click_boxes", "estimate_seconds",
@@ -97,8 +99,10 @@ REAL_COST = (1.5, 0.05, 0.23, 0.7)
 # correction starts halfway as in the full plan. The memorisation check (ADELE.TRACK) and the
 # source validation loss only observe: no row's start rule reads them and the report shows
 # neither, so they are off (they would cost 25 + 12 inferred images per epoch and row).
+# Both real settings pin the model of configs/cpu before the light one (study.P2_MODEL):
+# docs/points.md was measured with it.
 REAL_OPTS = ("SISSI.EPOCHS", "10", "SISSI.TARGET_REPEATS", "3", "SOLVER.WARMUP_ITERS", "25",
-             "SISSI.ADELE.TRACK", "False", "SISSI.SOURCE_VAL_DATASETS", "()")
+             "SISSI.ADELE.TRACK", "False", "SISSI.SOURCE_VAL_DATASETS", "()") + tuple(P2_MODEL)
 _USIIGACI = ("configs/cpu/weak_only.yaml", "usiigaci_train_oracle", "usiigaci_test", (("pipeline", "phase"),))
 
 SETTINGS = {
@@ -109,7 +113,7 @@ SETTINGS = {
     # curve and source validation loss recorded as on every recipe row), 3 click fractions; the
     # correction starts halfway, as the recipe study's branches (study.py r1_b10_*).
     "full": Setting("full", *_USIIGACI, 10, FRACTIONS, REAL_COST,
-                    "Usiigaci, 4 rows per click set at the CPU recipe's length (the issue's plan)"),
+                    "Usiigaci, 4 rows per click set at the CPU recipe's length (the issue's plan)", tuple(P2_MODEL)),
     # The demo's synthetic data at 128 px, 3 epochs of 2 iterations, one fraction: the machinery
     # end to end in about a minute (a test runs it), not a result.
     "quick": Setting("quick", "configs/demo/weak_only.yaml", "synth_target_train_oracle", "synth_target_test",

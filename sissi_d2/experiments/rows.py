@@ -50,10 +50,12 @@ _PSEUDO = "SISSI.PSEUDO."
 
 
 def _never_touches_weights(key: str, *eval_periods) -> bool:
-    """Settings no weight or start signal depends on: disk retention (``SISSI.DISK.*``), and
-    ``DATASETS.TEST``, read only by evaluation, when every run compared evaluates after training
-    only (``TEST.EVAL_PERIOD`` 0 in each of ``eval_periods``)."""
-    return key.startswith("SISSI.DISK.") or (key == "DATASETS.TEST" and all(int(p) == 0 for p in eval_periods))
+    """Settings no weight or start signal depends on: disk retention (``SISSI.DISK.*``), the
+    cloning cache's size (the cloned images are the same either way), and ``DATASETS.TEST``, read
+    only by evaluation, when every run compared evaluates after training only
+    (``TEST.EVAL_PERIOD`` 0 in each of ``eval_periods``)."""
+    return (key.startswith("SISSI.DISK.") or key == "SISSI.CLONING.CACHE_MB"
+            or (key == "DATASETS.TEST" and all(int(p) == 0 for p in eval_periods)))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

@@ -24,7 +24,7 @@ import time
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "TRAIN_TRUTH", "RECIPE_V1", "RECIPE_V2", "RECIPE_V3", "RECIPE_V3_HALF", "LIGHT_MODEL", "RECIPE_PSEUDO"]
+__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "TRAIN_TRUTH", "RECIPE_V1", "RECIPE_V2", "RECIPE_V3", "RECIPE_V3_HALF", "LIGHT_MODEL", "P2_MODEL", "RECIPE_PSEUDO"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ LIGHT_MODEL = [
     "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FPN.IN_FEATURES", "['res3', 'res4', 'res5']",
     "MODEL.ANCHOR_GENERATOR.SIZES", "[[16, 32], [48, 64], [96, 128], [192, 256]]",
     "MODEL.RPN.IN_FEATURES", "['p3', 'p4', 'p5', 'p6']", "MODEL.ROI_HEADS.IN_FEATURES", "['p3', 'p4', 'p5']",
+]
+# The recipe's model before it became LIGHT_MODEL (2026-12-02): the lean 128-channel FPN with P2
+# (entries r3_*). The label-budget and points studies pin it, so that their committed reports
+# (docs/label_budget.md, docs/points.md) stay what a rerun gives.
+P2_MODEL = [
+    "MODEL.FPN.OUT_CHANNELS", "128", "MODEL.FPN.IN_FEATURES", "['res2', 'res3', 'res4', 'res5']",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]",
+    "MODEL.RPN.IN_FEATURES", "['p2', 'p3', 'p4', 'p5', 'p6']", "MODEL.ROI_HEADS.IN_FEATURES", "['p2', 'p3', 'p4', 'p5']",
 ]
 # Pseudo-labels for the study's branches: flips only at scale 1.0 (multi-scale views inflate the
 # boxes of this from-scratch detector 10-15 % per round, shared/docs/probes.md) and the low

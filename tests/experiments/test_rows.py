@@ -88,6 +88,9 @@ def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_pat
 
     never = _row_cfg(tmp_path / "a", "never")
     assert past_differences(_row_cfg(tmp_path / "b", "epoch:1", "always"), never) == ["SISSI.CLONING.MODE"]
+    # the cloning cache's size changes no image: a trunk cloned with another one is the same past
+    assert past_differences(_row_cfg(tmp_path / "b", "epoch:1", "always", "SISSI.CLONING.CACHE_MB", "0"),
+                            _row_cfg(tmp_path / "a", "never", "always")) == []
     assert past_differences(_row_cfg(tmp_path / "b", "epoch:1", "on_correction", "SISSI.CLONING.BLUR", "weak"),
                             never) == []
     rows = {"trunk": _row_cfg(tmp_path / "trunk", "never", "always"),

@@ -47,9 +47,9 @@ def test_median_box_scale_matches_one_to_one():
 
 
 def test_the_cpu_rows_train_the_recipes_trunk(tmp_path):
-    """configs/cpu/ (Table 1's CPU rows) and the study's recipe entry train the same weights: a
-    Table 1 run can reuse the entry's trunk and Oracle, and the recipe has one definition per
-    setting (the yaml) checked against the study's override list here."""
+    """configs/cpu/ (Table 1's CPU rows) and the study's recipe entries on the light model train
+    the same weights: a Table 1 run can reuse the entries' trunk and Oracle, and the recipe has
+    one definition per setting (the yaml) checked against the study's override lists here."""
     import os
 
     from sissi_d2.config_builder import build_config
@@ -57,7 +57,7 @@ def test_the_cpu_rows_train_the_recipes_trunk(tmp_path):
     from sissi_d2.experiments.rows import past_differences, row_settings
 
     root = os.path.join(os.path.dirname(__file__), "..", "..")
-    for row, name in (("weak_only", "r3_weak_only"), ("oracle", "r3_oracle")):
+    for row, name in (("weak_only", "r5_weak_only_light"), ("oracle", "r5_oracle_light")):
         cfg = build_config(os.path.join(root, "configs", "cpu", f"{row}.yaml"), ["OUTPUT_DIR", str(tmp_path / row)])
         entry_cfg = study.entry_config(study.entry(name), str(tmp_path))
         assert past_differences(cfg, entry_cfg) == [], row
@@ -78,8 +78,38 @@ def test_the_brake_entries_differ_from_table1_rows_only_by_their_brakes(tmp_path
         a = row_settings(build_config(os.path.join(root, "configs", "cpu", f"{row}.yaml"), []))
         b = row_settings(study.entry_config(study.entry(name), str(tmp_path)))
         differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
-        assert differ == {"SISSI.START_RULE", "SISSI.PSEUDO.TEACHER", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT",
-                          "DATASETS.TEST", "SISSI.DISK.KEEP_LAST"}, (row, differ)
+        # the brake entries were measured on the recipe's model with P2 (study.P2_MODEL)
+        model = set(study.LIGHT_MODEL[::2])
+        assert differ - model == {"SISSI.START_RULE", "SISSI.PSEUDO.TEACHER", "SISSI.PSEUDO.WEAK_LABEL_WEIGHT",
+                                  "DATASETS.TEST", "SISSI.DISK.KEEP_LAST"}, (row, differ)
+        b_pinned = row_settings(study.entry_config(study.entry(name), str(tmp_path), study.LIGHT_MODEL))
+        assert not {k for k in model if a.get(k) != b_pinned.get(k)}, row
+
+
+def test_the_studies_measured_with_p2_keep_that_model(tmp_path):
+    """The recipe dropped P2 after the label-budget, points and demo reports were measured: each
+    of them pins the model it was measured with, which is the P2 trunk's (entry r3_weak_only)."""
+    import os
+
+    from sissi_d2.config_builder import build_config
+    from sissi_d2.experiments import label_budget, points, study
+    from sissi_d2.experiments.rows import row_settings
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    model = study.P2_MODEL[::2]
+    p2 = row_settings(study.entry_config(study.entry("r3_weak_only"), str(tmp_path)))
+    recipe = row_settings(build_config(os.path.join(root, "configs", "cpu", "weak_only.yaml"), []))
+    assert recipe["MODEL.FPN.IN_FEATURES"] != p2["MODEL.FPN.IN_FEATURES"]  # the recipe itself moved
+    for name in ("real", "full"):
+        plan = label_budget.PLANS[name]
+        cfg = build_config(os.path.join(plan.config_dir, "weak_only.yaml"), list(plan.opts))
+        setting = points.SETTINGS[name]
+        cfg_points = build_config(os.path.join(root, setting.config), points.setting_opts(setting))
+        for pinned in (row_settings(cfg), row_settings(cfg_points)):
+            assert {k: pinned[k] for k in model} == {k: p2[k] for k in model}, name
+    demo = row_settings(build_config(os.path.join(root, "configs", "demo", "weak_only.yaml"), []))
+    assert {k: demo[k] for k in model if k != "MODEL.FPN.OUT_CHANNELS"} == {
+        k: p2[k] for k in model if k != "MODEL.FPN.OUT_CHANNELS"}
 
 
 def test_a_retrain_entry_trains_the_trunk_on_its_parents_last_labels(tmp_path):

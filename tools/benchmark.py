@@ -11,7 +11,8 @@ Measured side by side in one run, same machine, same config (configs/demo/Base-D
 2. pseudo-labelling: wall time of labelling the target set with T views vs T x one plain batched
    forward pass over the same images (goal <= 1.15), de-augmentation + WBF share apart;
 3. data pipeline: share of data_time in iteration time with cloning and augmentation on (goal
-   <= 5%), and seamless-cloning ms per image at 512 and 1024 px with 60 boxes;
+   <= 5%), seamless-cloning ms per image at 512 and 1024 px with 60 boxes, and the target
+   mapper's time for one 1024 px image's draws of an epoch, cloned once (its cache) or at each draw;
 4./5. memory and scaling: peak RSS and wall time of one correction epoch (pseudo-labels +
    training) for several target-set sizes, each in a fresh process.
 
@@ -164,9 +165,15 @@ def bench_pseudo_labels(args, trainer):
             "wbf_share": statistics.median(fuse) / total_s}
 
 
-def bench_cloning(args):
+def bench_cloning(args, out):
+    """Seamless cloning per image, and what the target mapper spends on one image's draws of an
+    epoch (SISSI.TARGET_REPEATS of them) with its cloning cache and without (CACHE_MB 0)."""
+    import cv2
+    from detectron2.structures import BoxMode
+
     from sissi_d2.algorithms.cloning import make_synthetic_like
     from sissi_d2.config import BLUR_PRESETS
+    from sissi_d2.data.mappers import build_mapper
 
     rng = np.random.default_rng(0)
     res = {}
@@ -180,6 +187,22 @@ def bench_cloning(args):
             make_synthetic_like(image, boxes, *BLUR_PRESETS["strong"])
             times.append(time.perf_counter() - t0)
         res[f"cloning_ms_{size}"] = 1000 * statistics.median(times[1:])
+    path = os.path.join(out, "cloning_1024.png")
+    cv2.imwrite(path, image)
+    record = {"file_name": path, "height": size, "width": size, "image_id": 0,
+              "annotations": [{"bbox": b.tolist(), "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0} for b in boxes]}
+    for name, cache in (("cached", []), ("uncached", ["SISSI.CLONING.CACHE_MB", "0"])):
+        cfg = _cfg(args, os.path.join(out, "cloning"), *cache)
+        repeats = max(1, int(cfg.SISSI.TARGET_REPEATS))
+        times = []
+        for _ in range(args.repeats):
+            mapper = build_mapper(cfg, "target", True, cloning=True)  # one epoch's mapper
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                mapper(dict(record))
+            times.append(time.perf_counter() - t0)
+        res[f"epoch_draws_s_{name}"] = statistics.median(times)
+        res["draws_per_epoch"] = repeats
     return res
 
 
@@ -416,7 +439,7 @@ def main():
     print("2/4 pseudo-labelling ...", flush=True)
     results["pseudo_labels"] = bench_pseudo_labels(args, trainer)
     print("3/4 seamless cloning ...", flush=True)
-    results["cloning"] = bench_cloning(args)
+    results["cloning"] = bench_cloning(args, out)
     print("4/4 one correction epoch per target-set size (fresh processes) ...", flush=True)
     scaling = []
     for n in args.sizes:
@@ -445,6 +468,9 @@ def main():
         f"| data_time share ({t['workers']} workers) | {100 * t['data_time_share']:.1f} % | <= 5 % |",
         f"| seamless cloning 512 px, 60 boxes | {c['cloning_ms_512']:.0f} ms | |",
         f"| seamless cloning 1024 px, 60 boxes | {c['cloning_ms_1024']:.0f} ms | |",
+        f"| target mapper, one 1024 px image's {c['draws_per_epoch']} draws of an epoch: cloned once / at "
+        f"every draw | {c['epoch_draws_s_cached']:.2f} s / {c['epoch_draws_s_uncached']:.2f} s "
+        f"({c['epoch_draws_s_uncached'] / c['epoch_draws_s_cached']:.2f}x) | |",
     ]
     for s in scaling:
         lines.append(f"| correction epoch, {s['n_target']} target images | {s['epoch_s']:.1f} s, "

@@ -111,10 +111,16 @@ class MemorisationHook(EpochHook):
 
 class SourceValLossHook(EpochHook):
     """Loss of the model on the labelled source validation set, every epoch (paper's Baseline
-    model selection). Keeps the weights with the lowest loss in ``best_source_val.pth``."""
+    model selection). Keeps the weights with the lowest loss in ``best_source_val.pth``.
 
-    def __init__(self, val_records, mapper, iters_per_epoch: int, output_dir=None, batch_size: int = 2):
+    ``stop_when`` (a callable; the trainer passes "the run's correction has started"): from the
+    epoch after it turns true the loss is no longer measured. Start rules latch, so no rule reads
+    the loss once correction runs; a corrected epoch of the CPU recipe saves ~7 s of its ~190 s."""
+
+    def __init__(self, val_records, mapper, iters_per_epoch: int, output_dir=None, batch_size: int = 2,
+                 stop_when=None):
         super().__init__(iters_per_epoch)
+        self.stop_when = stop_when
         self.records = list(val_records)
         self.mapper = mapper
         self.batch_size = batch_size
@@ -157,7 +163,7 @@ class SourceValLossHook(EpochHook):
         return sum(t for t, _ in sums) / max(n, 1)
 
     def on_epoch_start(self, epoch: int):
-        if any(e == epoch for e, _ in self.history):
+        if any(e == epoch for e, _ in self.history) or (self.stop_when is not None and self.stop_when()):
             return
         loss = self.validation_loss()
         self.history.append([epoch, loss])
@@ -232,6 +238,11 @@ class LabelCorrectionHook(EpochHook):
 
     def correcting(self, epoch: int) -> bool:
         return self.rule.correcting(epoch, self.signals())
+
+    @property
+    def started(self) -> bool:
+        """True once pseudo-labels have replaced the weak labels (at this epoch's start or earlier)."""
+        return self.labels_epoch is not None
 
     # -- state -------------------------------------------------------------------------------
     def snapshot_path(self, epoch: int) -> str:

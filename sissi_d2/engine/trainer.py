@@ -123,6 +123,10 @@ class SISSITrainer(DefaultTrainer):
             cfg, self.initial_target_records, self.iters_per_epoch, self.start_rule, self.sissi_dir,
             memorisation=self.memorisation_hook, source_val=self.source_val_hook,
         )
+        if self.source_val_hook is not None:
+            # Measured until correction starts (this hook runs before the correction hook, so the
+            # start epoch's loss is there for the rule); after that no rule reads it.
+            self.source_val_hook.stop_when = lambda correction=self.correction_hook: correction.started
         self.register_hooks(self.build_hooks())
 
     # -- data --------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ whose rule never fires within the epochs equals the trunk and is not trained aga
 
 What must match for a branch to equal the row trained alone (:func:`past_differences`): every
 setting except those read only once correction runs (the start rule and its patience, the
-cloning settings of rows that do not clone before, the memorisation check's own settings); and
+cloning settings of rows that do not clone before) and the start signals' own settings (records
+that observe the weights); and
 the trunk must have recorded, with the same settings, every signal the row records
 (:func:`signal_mismatch`), or :func:`run_rows` refuses the plan and names the setting.
 """
@@ -37,13 +38,16 @@ logger = logging.getLogger(__name__)
 
 # Read only by the start rule, or only once correction runs.
 _ROW_ONLY = ("SISSI.START_RULE", "SISSI.SOURCE_VAL.PATIENCE")
-# The memorisation check observes (no_grad inference, the step RNG is reseeded): its settings
-# change its record, not the weights; they are compared where the row records that signal.
+# The start signals observe (no_grad inference or losses on a forked RNG, the step RNG is reseeded):
+# their settings change their record, not the weights; they are compared where the row records
+# that signal.
 _SIGNAL_KEYS = {
     MEMORISATION: ("SISSI.ADELE.TRACK", "SISSI.ADELE.THRESHOLD", "SISSI.ADELE.HORIZON", "SISSI.ADELE.MIN_POINTS"),
     SOURCE_VAL: ("SISSI.SOURCE_VAL_DATASETS", "SISSI.SOURCE_VAL.MAX_IMAGES"),
 }
+_ANY_SIGNAL_KEY = frozenset(k for keys in _SIGNAL_KEYS.values() for k in keys)
 _CLONING = "SISSI.CLONING."
+
 # Pseudo-label settings act only once correction starts (the memorisation check runs the
 # identity view alone, and its boxes do not depend on PSEUDO.BATCH_SIZE).
 _PSEUDO = "SISSI.PSEUDO."
@@ -93,12 +97,13 @@ def _clones_before_start(cfg) -> bool:
 def past_differences(row_cfg, trunk_cfg) -> list:
     """Settings in which two runs may differ before the row's correction starts (sorted keys).
 
-    Compared: everything but the start rule and its patience, the memorisation check's settings
-    (a record, compared by :func:`signal_mismatch`) and, unless one of them clones from the first
+    Compared: everything but the start rule and its patience, the start signals' settings (the
+    memorisation check and the source validation loss observe without touching the weights: a
+    record, compared by :func:`signal_mismatch` where the row reads it) and, unless one of them clones from the first
     epoch (``CLONING.MODE always``), the cloning settings; never pseudo-label settings, disk
     retention, or the test sets when both evaluate only after training."""
     a, b = row_settings(row_cfg), row_settings(trunk_cfg)
-    ignored = set(_ROW_ONLY) | set(_SIGNAL_KEYS[MEMORISATION])
+    ignored = set(_ROW_ONLY) | _ANY_SIGNAL_KEY
     cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)
     return sorted(k for k in set(a) | set(b)
                   if k not in ignored and not k.startswith(_PSEUDO) and (cloning_matters or not k.startswith(_CLONING))
@@ -169,14 +174,15 @@ def check_row_settings(cfg) -> None:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)
-        # A row that never corrects never reads its pseudo-label settings: another value of
-        # them (e.g. a recipe that changed its TTA views) still names the same weights.
-        inert = _PSEUDO if cfg.SISSI.START_RULE == "never" else None
+        # A row that never corrects never reads its pseudo-label settings nor its start signals
+        # (records that observe the weights): other values of them (e.g. a recipe that changed
+        # its TTA views, an Oracle that stopped recording signals) still name the same weights.
+        never = cfg.SISSI.START_RULE == "never"
         # An option added to sissi_d2 after the row was recorded, still at its default, is the
         # behaviour the row was trained with (every new option defaults to the old behaviour).
         defaults = _default_settings()
         diff = sorted(k for k in set(recorded) | set(current)
-                      if recorded.get(k) != current.get(k) and not (inert and k.startswith(inert))
+                      if recorded.get(k) != current.get(k) and not (never and (k.startswith(_PSEUDO) or k in _ANY_SIGNAL_KEY))
                       and not _never_touches_weights(k, cfg.TEST.EVAL_PERIOD, recorded.get("TEST.EVAL_PERIOD", -1))
                       and not (k not in recorded and k in defaults and current.get(k) == defaults[k]))
         if diff:

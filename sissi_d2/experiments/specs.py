@@ -48,14 +48,18 @@ def select_rows(keys: Sequence[str] | None, rows: Sequence[RowSpec] = PAPER_ROWS
     return [r for r in rows if r.key in wanted]
 
 
-def row_configs(rows: Sequence[RowSpec], config_dir: str, output: str, opts: Sequence[str] = ()) -> dict:
-    """key -> frozen config of each row: its config file, its test sets, ``opts`` (KEY VALUE
-    overrides for every row) and ``OUTPUT_DIR`` = ``output/<key>``."""
+def row_configs(rows: Sequence[RowSpec], config_dir: str, output: str, opts: Sequence[str] = (),
+                trunk_opts: Sequence[str] = ()) -> dict:
+    """key -> frozen config of each row: its config file, its test sets, ``trunk_opts`` (overrides
+    for the trunk, ``TRUNK``, alone), ``opts``
+    (KEY VALUE overrides for every row, applied last) and ``OUTPUT_DIR`` = ``output/<key>``."""
     from ..config_builder import build_config
 
     cfgs = {}
     for row in rows:
         extra = ["DATASETS.TEST", str(tuple(row.test_sets))] if row.test_sets else []
+        if row.key == TRUNK:
+            extra += list(trunk_opts)
         cfgs[row.key] = build_config(os.path.join(config_dir, row.config),
                                      extra + list(opts) + ["OUTPUT_DIR", os.path.join(output, row.key)])
     return cfgs

@@ -81,14 +81,31 @@ def test_source_val_rule_restores_best_weights(tiny_datasets, tmp_path):
                       "SISSI.ADELE.TRACK", "True")
     trainer = _train(cfg)
     val = trainer.source_val_hook
-    assert [e for e, _ in val.history] == [0, 1, 2]
     fired = trainer.start_rule.fired_epoch
+    assert [e for e, _ in val.history] == list(range(3 if fired is None else fired + 1))
     losses = [l for _, l in val.history]
     if fired is None:  # the loss kept falling: never more than PATIENCE epochs without a new best
         assert losses == sorted(losses, reverse=True)
     else:
         assert fired - val.best_epoch >= 1 and (tmp_path / "sissi" / "pseudo_labels" / f"epoch_{fired:04d}.json").exists()
     assert (tmp_path / "sissi" / "memorisation.json").exists()  # ADELE.TRACK with another rule
+
+
+def test_source_val_loss_is_measured_until_correction_starts(tiny_datasets, tmp_path):
+    """Start rules latch: the loss is measured up to the start epoch (the rule reads it there),
+    not after; a run that never corrects measures it every epoch, a resumed one as the first did."""
+    val = ("SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)", "SISSI.EPOCHS", "4")
+    corrected = _train(tiny_config(tmp_path / "corrected", "SISSI.START_RULE", "epoch:1", *val))
+    assert [e for e, _ in corrected.source_val_hook.history] == [0, 1]
+    assert corrected.correction_hook.labels_epoch == 3
+    never = _train(tiny_config(tmp_path / "never", *val))
+    assert [e for e, _ in never.source_val_hook.history] == [0, 1, 2, 3]
+    assert never.source_val_hook.history[:2] == corrected.source_val_hook.history
+
+    cut = ("SISSI.SOURCE_VAL_DATASETS", "('tiny_val',)", "SISSI.START_RULE", "epoch:1")
+    _train(tiny_config(tmp_path / "cut", *cut, "SISSI.EPOCHS", "3"))
+    resumed = _train(tiny_config(tmp_path / "cut", *cut, "SISSI.EPOCHS", "4"), resume=True)
+    assert resumed.start_iter == 6 and [e for e, _ in resumed.source_val_hook.history] == [0, 1]
 
 
 def test_ema_teacher_labels_from_correction_on_and_resumes_exactly(tiny_datasets, tmp_path):

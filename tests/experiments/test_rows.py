@@ -107,6 +107,20 @@ def test_cloning_from_the_first_epoch_is_part_of_the_past(tiny_datasets, tmp_pat
                          tmp_path / "always" / "model_final.pth")
 
 
+def test_the_start_signals_are_records_not_part_of_the_past(tmp_path):
+    """Recording a start signal changes no weight, so a row that records none (the Oracle) has the
+    trunk's past; a row that reads a signal must find it recorded with its own settings."""
+    from sissi_d2.experiments.rows import past_differences, signal_mismatch
+
+    trunk = _row_cfg(tmp_path / "t", "never")
+    quiet = _row_cfg(tmp_path / "q", "never", "never", "SISSI.ADELE.TRACK", "False", "SISSI.SOURCE_VAL_DATASETS", "()")
+    assert past_differences(quiet, trunk) == [] and signal_mismatch(quiet, trunk) is None
+    fewer = _row_cfg(tmp_path / "v", "source_val_loss", "never", "SISSI.SOURCE_VAL.MAX_IMAGES", "1")
+    assert past_differences(fewer, trunk) == []
+    assert "SISSI.SOURCE_VAL.MAX_IMAGES" in signal_mismatch(fewer, trunk)
+    assert past_differences(_row_cfg(tmp_path / "l", "never", "never", "SOLVER.BASE_LR", "0.5"), trunk) == ["SOLVER.BASE_LR"]
+
+
 def test_a_plan_the_trunk_cannot_honour_is_refused(tiny_datasets, tmp_path):
     from sissi_d2.experiments.rows import run_rows
 
@@ -140,8 +154,10 @@ def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
         check_row_settings(other)
     recorded = json.loads((tmp_path / "row" / "sissi" / "row_settings.json").read_text())
     assert recorded["SISSI.START_RULE"] == "never" and "OUTPUT_DIR" not in recorded
-    # a row that never corrects never reads its pseudo-label settings: reused with others
+    # a row that never corrects never reads its pseudo-label settings nor its start signals: reused with others
     check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.5"))
+    check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "SISSI.ADELE.TRACK", "False",
+                                "SISSI.SOURCE_VAL_DATASETS", "()"))
     # the test sets of a row evaluated after training only (TEST.EVAL_PERIOD 0) do not touch its weights
     check_row_settings(_row_cfg(tmp_path / "row", "never", "never", "DATASETS.TEST", "('tiny_test',)"))
     with pytest.raises(ValueError, match=r"DATASETS\.TEST"):
@@ -160,6 +176,8 @@ def test_row_folder_is_only_reused_with_its_own_settings(tmp_path, caplog):
     check_row_settings(corrects)
     with pytest.raises(ValueError, match=r"SISSI\.PSEUDO\.SCORE_THRESH"):
         check_row_settings(_row_cfg(tmp_path / "corr", "epoch:1", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.5"))
+    with pytest.raises(ValueError, match=r"SISSI\.SOURCE_VAL\.MAX_IMAGES"):  # its rule may read the signal
+        check_row_settings(_row_cfg(tmp_path / "corr", "epoch:1", "never", "SISSI.SOURCE_VAL.MAX_IMAGES", "1"))
 
     # a folder trained before settings were recorded: warned about, then recorded
     legacy = tmp_path / "legacy"

@@ -152,6 +152,17 @@ ENTRIES = [
     _e("r3_retrain_plain_ema_vote", "retrain", "the trunk's settings from scratch on the last pseudo-labels of "
        "r3_b12_plain_ema_vote (a second stage: label correction, then training on the corrected labels)",
        LEAN, WEAK_ONLY_ROW + RECIPE_V3, parent="r3_b12_plain_ema_vote", start_epoch=20, final=True),
+    # The pseudo-labels are 28 % of a correction epoch on the slow host (56 of 196 s, 4 flip views
+    # of 25 images): do 2 views label as well? The light trunk's first rounds, where Table 1's
+    # rows start correcting: the weights of epoch 9 (source-validation rows) and epoch 15 (ADELE).
+    _e("r5_fusion_e9_flips", "fusion", "first-round pseudo-labels of the light trunk's epoch-9 weights: 4 flip "
+       "views against 2 (half the labelling time)", parent="r5_weak_only_light", start_epoch=9,
+       grid={"SISSI.PSEUDO.FLIPS": [("none", "h", "v", "hv"), ("none", "hv"), ("none", "h")],
+             "SISSI.PSEUDO.SCORE_THRESH": [0.35]}),
+    _e("r5_fusion_e15_flips", "fusion", "the same on the epoch-15 weights (where ADELE fired)",
+       parent="r5_weak_only_light", start_epoch=15,
+       grid={"SISSI.PSEUDO.FLIPS": [("none", "h", "v", "hv"), ("none", "hv"), ("none", "h")],
+             "SISSI.PSEUDO.SCORE_THRESH": [0.35]}),
     _e("r1_fusion_e10", "fusion", "first-round pseudo-labels of the trunk at epoch 10: weak-label vote x threshold",
        parent="r1_weak_only", start_epoch=10,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),
@@ -331,7 +342,10 @@ def _write(output, name, fname, data):
 
 def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
     """First-round pseudo-labels of the parent's model after epoch ``start_epoch - 1`` for every
-    combination of ``e.grid`` (views computed once, fused per setting)."""
+    combination of ``e.grid`` (views computed once, fused per setting). A ``SISSI.PSEUDO.FLIPS``
+    value fuses that subset of the four flip views: each view is predicted on its own (no batch
+    changes a view's boxes, tests/engine/test_inference.py), so the subset is what a run with
+    those flips labels."""
     import itertools
 
     import numpy as np
@@ -345,6 +359,7 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
     from ..engine.trainer import SISSITrainer
     from ..evaluation.box_metrics import coco_box_metrics, label_set_f1
     from ..evaluation.label_quality import label_set_quality
+    from ..algorithms.tta import make_views
     from ..algorithms.wbf import fuse_views
     from ..engine.hooks import boxes_of
 
@@ -356,8 +371,10 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
     records = DatasetCatalog.get(parent_cfg.SISSI.TARGET_DATASETS[0])
     weak = boxes_of(records)
     predictor = RecordPredictor(parent_cfg)
+    started = time.perf_counter()
     with inference_mode(model) as net:
         views = list(predictor.predict_images(net, ((image_key(r), read_bgr8(r["file_name"])) for r in records)))
+    view_seconds = time.perf_counter() - started
     keys = list(e.grid)
     rows = []
     for values in itertools.product(*(e.grid[k] for k in keys)):
@@ -365,8 +382,14 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
         kw = fusion_kwargs(parent_cfg)
         kw["anchor_weight"] = setting.get("SISSI.PSEUDO.WEAK_LABEL_WEIGHT", kw["anchor_weight"])
         kw["score_thresh"] = setting.get("SISSI.PSEUDO.SCORE_THRESH", kw["score_thresh"])
-        fused = {key: fuse_views([b for b, _ in pv], [s for _, s in pv], h, w, anchor_boxes=weak[key], **kw)
+        flips = setting.get("SISSI.PSEUDO.FLIPS", parent_cfg.SISSI.PSEUDO.FLIPS)
+        chosen = [predictor.views.index(v) for v in make_views(parent_cfg.SISSI.PSEUDO.SCALES, flips)]
+        started = time.perf_counter()
+        fused = {key: fuse_views([pv[i][0] for i in chosen], [pv[i][1] for i in chosen], h, w,
+                                 anchor_boxes=weak[key], **kw)
                  for key, h, w, pv in views}
+        setting["fusion_s"] = round(time.perf_counter() - started, 2)
+        setting["views_s"] = round(view_seconds * len(chosen) / len(predictor.views), 1)  # inference, pro rata
         m = coco_box_metrics(truth, fused, max_dets=parent_cfg.SISSI.EVAL.MAX_DETS)
         rows.append({**setting, **{k: m[k] for k in ("AP50", "AP75", "AP", "AR")}, **label_set_f1(truth, fused)})
         logger.info("fusion %s: %s", setting, rows[-1])
@@ -429,10 +452,13 @@ def study_report(output: str, figure_dir: str | None = None) -> str:
     for e in ENTRIES:
         res = load(e.name, "study.json")
         if e.kind == "fusion" and res:
+            timed = all("views_s" in r for r in res["grid"])  # entries run before 2026-12-02 have no times
             grid = [[*(str(r[k]) for k in e.grid), fmt(r["AP50"]), fmt(r["AP75"]), fmt(r["precision50"]),
-                     fmt(r["recall50"]), fmt(r["F1_50"]), str(r["labels"])] for r in res["grid"]]
+                     fmt(r["recall50"]), fmt(r["F1_50"]), str(r["labels"]),
+                     *([str(r["views_s"]), str(r["fusion_s"])] if timed else [])] for r in res["grid"]]
             lines.append(f"\n{e.name}: {e.why}\n")
-            lines.append(markdown_table(grid, [*(k.split(".")[-1] for k in e.grid), "AP50", "AP75", "P", "R", "F1", "labels"]))
+            lines.append(markdown_table(grid, [*(k.split(".")[-1] for k in e.grid), "AP50", "AP75", "P", "R", "F1", "labels",
+                                               *(["inference s", "fusion s"] if timed else [])]))
     if figure_dir:
         series = {}
         for e in ENTRIES:

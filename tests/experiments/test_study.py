@@ -11,6 +11,9 @@ def test_every_entry_builds_and_branches_keep_the_parents_past(tmp_path):
     for e in study.ENTRIES:
         if e.kind == "fusion":
             assert study.entry(e.parent).kind == "train" and e.grid
+            # a flip subset is fused from the views the sweep computed: the recipe's four flips
+            flips = study.entry_config(study.entry(e.parent), str(tmp_path), study.FLIP_VIEWS).SISSI.PSEUDO.FLIPS
+            assert all(set(v) <= set(flips) for v in e.grid.get("SISSI.PSEUDO.FLIPS", [])), e.name
             continue
         cfg = study.entry_config(e, str(tmp_path))
         assert cfg.OUTPUT_DIR == str(tmp_path / e.name)

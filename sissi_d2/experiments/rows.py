@@ -99,9 +99,9 @@ def past_differences(row_cfg, trunk_cfg) -> list:
 
     Compared: everything but the start rule and its patience, the start signals' settings (the
     memorisation check and the source validation loss observe without touching the weights: a
-    record, compared by :func:`signal_mismatch` where the row reads it) and, unless one of them clones from the first
-    epoch (``CLONING.MODE always``), the cloning settings; never pseudo-label settings, disk
-    retention, or the test sets when both evaluate only after training."""
+    record, compared by :func:`signal_mismatch` where the row reads it) and, unless one of them
+    clones from the first epoch (``CLONING.MODE always``), the cloning settings; never
+    pseudo-label settings, disk retention, or the test sets when both evaluate only after training."""
     a, b = row_settings(row_cfg), row_settings(trunk_cfg)
     ignored = set(_ROW_ONLY) | _ANY_SIGNAL_KEY
     cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)

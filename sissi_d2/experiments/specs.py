@@ -50,9 +50,9 @@ def select_rows(keys: Sequence[str] | None, rows: Sequence[RowSpec] = PAPER_ROWS
 
 def row_configs(rows: Sequence[RowSpec], config_dir: str, output: str, opts: Sequence[str] = (),
                 trunk_opts: Sequence[str] = ()) -> dict:
-    """key -> frozen config of each row: its config file, its test sets, ``trunk_opts`` (overrides
-    for the trunk, ``TRUNK``, alone), ``opts``
-    (KEY VALUE overrides for every row, applied last) and ``OUTPUT_DIR`` = ``output/<key>``."""
+    """key -> frozen config of each row: its config file, its test sets, ``trunk_opts`` (KEY VALUE
+    overrides for the trunk, ``TRUNK``, alone), ``opts`` (KEY VALUE overrides for every row,
+    applied last) and ``OUTPUT_DIR`` = ``output/<key>``."""
     from ..config_builder import build_config
 
     cfgs = {}

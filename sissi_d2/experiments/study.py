@@ -388,10 +388,11 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
         fused = {key: fuse_views([pv[i][0] for i in chosen], [pv[i][1] for i in chosen], h, w,
                                  anchor_boxes=weak[key], **kw)
                  for key, h, w, pv in views}
-        setting["fusion_s"] = round(time.perf_counter() - started, 2)
-        setting["views_s"] = round(view_seconds * len(chosen) / len(predictor.views), 1)  # inference, pro rata
+        seconds = {"fusion_s": round(time.perf_counter() - started, 2),
+                   "views_s": round(view_seconds * len(chosen) / len(predictor.views), 1)}  # inference, pro rata
         m = coco_box_metrics(truth, fused, max_dets=parent_cfg.SISSI.EVAL.MAX_DETS)
-        rows.append({**setting, **{k: m[k] for k in ("AP50", "AP75", "AP", "AR")}, **label_set_f1(truth, fused)})
+        rows.append({**setting, **seconds, **{k: m[k] for k in ("AP50", "AP75", "AP", "AR")},
+                     **label_set_f1(truth, fused)})
         logger.info("fusion %s: %s", setting, rows[-1])
     plain = {key: pv[0] for key, h, w, pv in views}  # the identity view comes first
     weak_scored = {k: (b, np.ones(len(b))) for k, b in weak.items()}

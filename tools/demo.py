@@ -126,8 +126,8 @@ def main(argv=None) -> int:
         prune_checkpoints(info)
     wall = clock.elapsed()
     previous = _read_json(os.path.join(output, "results.json"), {}) if resumed else {}
-    if info["epochs_trained_now"]:
-        training_run = {"wall_time_s": wall, "epochs_trained": info["epochs_trained_now"]}
+    if info["iterations_trained_now"]:
+        training_run = {"wall_time_s": wall, "iterations_trained": info["iterations_trained_now"]}
     else:
         training_run = previous.get("training_run")
     results = {

@@ -6,14 +6,17 @@ data loading, the per-epoch checks and the pseudo-labelling's fusion run largely
 Two rows trained at once with one thread each move 1.2-1.4x more iterations per hour than the same
 rows one after the other with two threads (measured: docs/performance.md). The trunk and the
 rows with a past of their own (the Oracle) need nothing from each other, and the branches need
-only the trunk's checkpoints, so they can run side by side.
+only the trunk's checkpoints, so they can run side by side. A branch can even start while the
+trunk still trains: the trunk's process reports its start signals at the start of every epoch
+(:class:`ReportEpochSignals`), and ``run_rows`` starts a row as soon as its rule has fired on
+that record and a core is free.
 
 Each row runs in a spawned process (not forked: a forked child of a process that has run
 OpenMP can hang). The process registers again the data sets registered with
 ``register_sissi_dataset`` (the catalogs hold functions, which do not travel between processes),
-runs the caller's ``setup()`` if any, logs to stdout with the row's name and to
-``<OUTPUT_DIR>/log.txt``, and at every step uses ``cores // rows running`` threads: when a row
-ends, the ones still running take its cores.
+logs to stdout with the row's name and to ``<OUTPUT_DIR>/log.txt``, runs the caller's
+``setup(key)`` if any (which may change that logging), and at every step uses
+``cores // rows running`` threads: when a row ends, the ones still running take its cores.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import traceback
 import torch
 from detectron2.engine import HookBase
 
-__all__ = ["RowPool", "ShareCores", "default_jobs"]
+__all__ = ["RowPool", "ReportEpochSignals", "ShareCores", "default_jobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,24 @@ class ShareCores(HookBase):
             torch.set_num_threads(n)
 
 
+class ReportEpochSignals(HookBase):
+    """At the start of each epoch, once the epoch hooks have measured it, send the hook states
+    to the parent: ``(key, "progress", {"epochs_seen", "iters_per_epoch", "hooks_state"})``.
+    Registered after the trainer's own hooks, so ``epochs_seen`` counts the epoch starting now."""
+
+    def __init__(self, results, key: str):
+        self.results, self.key = results, key
+
+    def before_step(self):
+        from .rows import hooks_state
+
+        trainer = self.trainer
+        ipe = trainer.iters_per_epoch
+        if trainer.iter % ipe == 0:
+            self.results.put((self.key, "progress", {"epochs_seen": trainer.iter // ipe + 1, "iters_per_epoch": ipe,
+                                                     "hooks_state": hooks_state(trainer)}))
+
+
 def _setup_logging(key: str, output_dir: str) -> None:
     from detectron2.utils.logger import setup_logger
 
@@ -78,8 +99,9 @@ def _exit_with_parent(parent_pid: int, every_s: float = 5.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _work(results, key, cfg, protect, trainer_cls, hooks, setup, datasets, cores, running, parent_pid) -> None:
-    """A row's process: train and evaluate it, put (key, "ok", result) or (key, "error", traceback)."""
+def _work(results, key, cfg, protect, report, trainer_cls, hooks, setup, datasets, cores, running, parent_pid) -> None:
+    """A row's process: train and evaluate it, put (key, "ok", result) or (key, "error", traceback);
+    with ``report``, also (key, "progress", ...) at each epoch start (:class:`ReportEpochSignals`)."""
     _exit_with_parent(parent_pid)
     try:
         import sissi_d2  # noqa: F401  (the compatibility patches, in a fresh interpreter)
@@ -92,8 +114,9 @@ def _work(results, key, cfg, protect, trainer_cls, hooks, setup, datasets, cores
         _setup_logging(key, cfg.OUTPUT_DIR)
         register_sissi_datasets(datasets)
         if setup is not None:
-            setup()
-        result = train_row(key, cfg, trainer_cls, hooks, protect, extra_hooks=[share])
+            setup(key)
+        extra = [share] + ([ReportEpochSignals(results, key)] if report else [])
+        result = train_row(key, cfg, trainer_cls, hooks, protect, extra_hooks=extra)
         results.put((key, "ok", result))
     except BaseException:  # noqa: B902  (reported to the parent, which raises it with the row's name)
         results.put((key, "error", traceback.format_exc()))
@@ -111,7 +134,7 @@ class RowPool:
             raise ValueError(f"jobs must be >= 1 (rows trained at once), got {jobs}")
         self.jobs = int(jobs)
         self.trainer_cls, self.hooks, self.setup = trainer_cls, hooks, setup
-        self.waiting = collections.deque()  # (key, cfg, protect)
+        self.waiting = collections.deque()  # (key, cfg, protect, report)
         self.running = {}  # key -> (process, output_dir)
         if self.jobs > 1:
             import pickle
@@ -135,19 +158,22 @@ class RowPool:
             if threading.current_thread() is threading.main_thread():
                 self._sigterm = signal.signal(signal.SIGTERM, _raise_system_exit)
 
-    def submit(self, key: str, cfg, protect=()) -> None:
-        self.waiting.append((key, cfg, list(protect)))
+    def submit(self, key: str, cfg, protect=(), report: bool = False) -> None:
+        """Queue a row; ``report``: its process reports its start signals at each epoch start (a
+        trunk), passed to ``next_done(on_progress=...)``; with ``jobs == 1`` nothing is reported."""
+        self.waiting.append((key, cfg, list(protect), bool(report)))
 
     def pending(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def next_done(self) -> tuple:
+    def next_done(self, on_progress=None) -> tuple:
         """(key, result of ``train_row``) of the next row to finish; raises RuntimeError naming the
-        row if it failed."""
+        row if it failed. Meanwhile ``on_progress(key, report)`` is called with each report of a
+        row submitted with ``report=True``; it may submit rows, which start when a slot is free."""
         if self.jobs == 1:
             from .rows import train_row
 
-            key, cfg, protect = self.waiting.popleft()
+            key, cfg, protect, _ = self.waiting.popleft()
             return key, train_row(key, cfg, self.trainer_cls, self.hooks, protect)
         self._start()
         while True:
@@ -161,12 +187,17 @@ class RowPool:
                             f"(killed? out of memory?). Its log: {os.path.join(out, 'log.txt')}. Run the same "
                             "command again to resume it from its last checkpoint.")
                 continue
+            if status == "progress":
+                if on_progress is not None:
+                    on_progress(key, payload)
+                self._start()
+                continue
             proc, out = self.running.pop(key)
             proc.join()
             self._count.value = len(self.running)
             if status == "error":
                 hint = ("\nA row's process registers again the data sets registered with register_sissi_dataset "
-                        "only: register any other in a function given as run_rows(setup=...)."
+                        "only: register any other in a function given as run_rows(setup=...), which each row's process calls with the row's key."
                         if "are not registered" in payload else "")
                 raise RuntimeError(f"Row {key!r} failed in its process (log: {os.path.join(out, 'log.txt')}):\n"
                                    f"{payload}{hint}")
@@ -175,11 +206,11 @@ class RowPool:
 
     def _start(self) -> None:
         while self.waiting and len(self.running) < self.jobs:
-            key, cfg, protect = self.waiting.popleft()
+            key, cfg, protect, report = self.waiting.popleft()
             self._count.value = len(self.running) + 1
             proc = self._ctx.Process(
                 target=_work, name=f"row-{key}",
-                args=(self._results, key, cfg, protect, self.trainer_cls, self.hooks, self.setup, self._datasets,
+                args=(self._results, key, cfg, protect, report, self.trainer_cls, self.hooks, self.setup, self._datasets,
                       self._cores, self._count, os.getpid()))
             proc.start()
             self.running[key] = (proc, cfg.OUTPUT_DIR)

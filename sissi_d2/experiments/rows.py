@@ -227,7 +227,12 @@ def train_row(key: str, cfg, trainer_cls=None, hooks=None, protect=(), extra_hoo
             results = {cfg.DATASETS.TEST[0]: results}
         metrics = {ds: res["bbox"] for ds, res in results.items()}
     return {"metrics": metrics, "seconds": seconds, "iterations": max(0, todo), "iters_per_epoch": trainer.iters_per_epoch,
-            "hooks_state": json.loads(json.dumps(trainer.state_dict()["hooks"]))}
+            "hooks_state": hooks_state(trainer)}
+
+
+def hooks_state(trainer) -> dict:
+    """The trainer's hook states (what its checkpoints hold under "hooks"), as JSON types."""
+    return json.loads(json.dumps(trainer.state_dict()["hooks"]))
 
 
 def row_iterations(kind: str, epochs: int, iters_per_epoch: int, start_epoch: int = 0) -> int:
@@ -265,16 +270,21 @@ def time_left_line(rows_left: list, iterations_left: int, iterations_done: int, 
             f"{pace:.2f} s per iteration ({measured}, epoch checks included)")
 
 
-def _row_kind(cfg, trunk_cfg, trunk_state: dict, recorded) -> tuple:
+def _row_kind(cfg, trunk_cfg, trunk_state: dict, recorded, epochs_seen: int | None = None) -> tuple | None:
     """(kind, plan, why) of a row against the trunk: 'branch', 'same' (its rule never fires) or
     'scratch', with ``why`` it cannot reuse the trunk (its past differs, or its correction starts
-    from the initial weights)."""
+    from the initial weights). ``epochs_seen``: the trunk is still training and ``trunk_state`` is
+    its record of that many epoch starts; then None while the row's rule has not fired on it (a
+    rule reads only the signals up to the epoch it judges, so a plan found on a part of the record
+    is the plan of the whole; that it never fires is known only at the end)."""
     differences = past_differences(cfg, trunk_cfg)
     if differences:
         return "scratch", None, f"differs from the trunk before correction ({', '.join(differences[:4])})"
-    plan = build_start_rule(cfg).branch_plan(trunk_state, recorded, int(cfg.SISSI.EPOCHS))
+    epochs = int(cfg.SISSI.EPOCHS)
+    seen = epochs if epochs_seen is None else min(epochs, int(epochs_seen))
+    plan = build_start_rule(cfg).branch_plan(trunk_state, recorded, seen)
     if plan is None:
-        return "same", None, None
+        return ("same", None, None) if epochs_seen is None else None
     if plan.start_epoch == 0 or plan.restore_epoch == 0:
         # nothing of the trunk to reuse: its weights at epoch 0 are the initial ones
         return "scratch", plan, "correction starts from the initial weights"
@@ -291,15 +301,19 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
 
     ``trainer_cls`` (default ``SISSITrainer``) trains every row; ``hooks(key, trainer)``, if given,
     returns extra hooks for the row's trainer (e.g. progress lines). Returns key -> {"metrics",
-    "branched_from_epoch", "plan", "output_dir", "same_as"} (the trunk's entry also holds its
-    "signals") and writes ``row.json`` into each row's folder. Finished rows are reused (resume).
-    A row whose start rule would read a signal the trunk did not record raises ValueError.
+    "branched_from_epoch", "plan", "output_dir", "same_as", "queued_at_trunk_epoch"} (the trunk's
+    entry also holds its "signals") and writes it into each row's folder as ``row.json``; the
+    summary alone also holds "iterations_trained" (by this call). Finished rows are reused
+    (resume). A row whose start rule would read a signal the trunk did not record raises ValueError.
 
     ``jobs`` > 1 trains up to that many rows at once, each in its own process sharing the cores
     (:mod:`.row_jobs`): the trunk together with the rows whose past differs from it (e.g. the
-    Oracle), then the branches. Data sets registered with ``register_sissi_dataset`` are
-    registered again in every process; ``setup()``, if given, runs there first (register others
-    there). ``trainer_cls``, ``hooks`` and ``setup`` must then be picklable (module-level).
+    Oracle), then the branches. A branch starts as soon as its rule has fired on the trunk's record
+    and a slot is free, while the trunk still trains if need be ("queued_at_trunk_epoch": the
+    epoch the trunk was starting when the row was queued; None once the trunk had finished). Data
+    sets registered with ``register_sissi_dataset`` are registered again in every process;
+    ``setup(key)``, if given, runs there first with the row's key (register others there, set up
+    its logging). ``trainer_cls``, ``hooks`` and ``setup`` must then be picklable (module-level).
     """
     from .row_jobs import RowPool
 
@@ -313,20 +327,22 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
                 raise ValueError(f"row {key!r} cannot branch from the trunk {trunk!r}: {why}")
     check_rows_fit(rows, trunk)
     own_past = [k for k in rows if k != trunk and past_differences(rows[k], trunk_cfg)]
-    branching = [c for k, c in rows.items() if k != trunk and k not in own_past]
+    branching = [k for k in rows if k != trunk and k not in own_past]
+    recorded = recorded_signals(trunk_cfg)
     summary, kinds, done = {}, {}, set()
     clock = {"seconds": 0.0, "iterations": 0}  # the training time and iterations of the rows finished
+    trunk_at = {"ipe": None, "epoch": None}  # iterations per epoch; the epoch the running trunk starts
 
     def left() -> tuple:
         todo = [k for k in kinds if k not in done and kinds[k][0] != "same"]
-        its = sum(row_iterations(kinds[k][0], int(rows[k].SISSI.EPOCHS), ipe,
+        its = sum(row_iterations(kinds[k][0], int(rows[k].SISSI.EPOCHS), trunk_at["ipe"],
                                  kinds[k][1].start_epoch if kinds[k][1] is not None else 0) for k in todo)
         return todo, its
 
     def submit(key: str) -> None:
         kind, plan, why = kinds[key]
         entry = summary[key] = {"output_dir": rows[key].OUTPUT_DIR, "same_as": None, "branched_from_epoch": None,
-                                "plan": None}
+                                "plan": None, "queued_at_trunk_epoch": trunk_at["epoch"], "iterations_trained": 0}
         if plan is not None:
             entry["plan"] = {"start_epoch": plan.start_epoch, "restore_epoch": plan.restore_epoch}
         if kind == "same":
@@ -339,37 +355,50 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
         else:
             check_row_settings(rows[key])  # before the branch checkpoint lands in its folder
             if not os.path.isfile(os.path.join(rows[key].OUTPUT_DIR, "last_checkpoint")):
-                _branch(trunk_cfg.OUTPUT_DIR, rows[key].OUTPUT_DIR, plan, ipe)
-            logger.info("Row %r: branched from the trunk at the start of epoch %d", key, plan.start_epoch)
+                _branch(trunk_cfg.OUTPUT_DIR, rows[key].OUTPUT_DIR, plan, trunk_at["ipe"])
+            while_trunk = (f", while the trunk trains epoch {trunk_at['epoch']}" if trunk_at["epoch"] is not None
+                           else "")
+            logger.info("Row %r: branched from the trunk at the start of epoch %d%s", key, plan.start_epoch, while_trunk)
             entry["branched_from_epoch"] = plan.start_epoch
         pool.submit(key, rows[key])
 
+    def on_trunk_progress(key: str, report: dict) -> None:
+        """The running trunk starts an epoch: start the branches whose rule has fired on its record."""
+        trunk_at.update(ipe=report["iters_per_epoch"], epoch=report["epochs_seen"] - 1)
+        for k in branching:
+            if k not in kinds:
+                kind = _row_kind(rows[k], trunk_cfg, report["hooks_state"], recorded, report["epochs_seen"])
+                if kind is not None:
+                    kinds[k] = kind
+                    submit(k)
+
     pool = RowPool(jobs, trainer_cls, hooks, setup)
-    ipe = None
     try:
         logger.info("Rows: training the trunk %r in %s%s", trunk, trunk_cfg.OUTPUT_DIR,
                     f" ({pool.jobs} rows at a time)" if pool.jobs > 1 else "")
         # The trunk keeps the checkpoints its branches may start from until every row has branched.
-        pool.submit(trunk, trunk_cfg, protect=branching)
+        pool.submit(trunk, trunk_cfg, protect=[rows[k] for k in branching], report=True)
         if pool.jobs > 1:  # rows with a past of their own need nothing of the trunk: train them alongside
             for key in own_past:
                 kinds[key] = _row_kind(rows[key], trunk_cfg, {}, frozenset())
                 submit(key)
+        trunk_done = False
         while pool.pending():
-            key, result = pool.next_done()
+            key, result = pool.next_done(on_progress=on_trunk_progress)
             clock["seconds"] += result["seconds"]
             clock["iterations"] += result["iterations"]
             if key != trunk:
-                summary[key]["metrics"] = result["metrics"]
+                summary[key].update(metrics=result["metrics"], iterations_trained=result["iterations"])
                 done.add(key)
-                if ipe is not None:  # a row beside the trunk may finish first
+                if trunk_done:  # a row beside the trunk may finish first
                     logger.info(time_left_line(*left(), clock["iterations"], clock["seconds"], pool.jobs))
                 continue
-            ipe = result["iters_per_epoch"]
+            trunk_done = True
+            trunk_at.update(ipe=result["iters_per_epoch"], epoch=None)
             trunk_state = result["hooks_state"]
             summary[trunk] = {"metrics": result["metrics"], "branched_from_epoch": 0, "plan": None,
-                              "output_dir": trunk_cfg.OUTPUT_DIR, "same_as": None, "signals": _trunk_signals(trunk_state)}
-            recorded = recorded_signals(trunk_cfg)
+                              "output_dir": trunk_cfg.OUTPUT_DIR, "same_as": None, "queued_at_trunk_epoch": None,
+                              "iterations_trained": result["iterations"], "signals": _trunk_signals(trunk_state)}
             for k in rows:
                 if k != trunk and k not in kinds:
                     kinds[k] = _row_kind(rows[k], trunk_cfg, trunk_state, recorded)
@@ -381,7 +410,8 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
         pool.close()
     summary = {k: summary[k] for k in rows}  # the rows' order
     for key, entry in summary.items():
-        atomic_write_json(os.path.join(entry["output_dir"], "row.json"), {"row": key, **entry})
+        atomic_write_json(os.path.join(entry["output_dir"], "row.json"),
+                          {"row": key, **{f: v for f, v in entry.items() if f != "iterations_trained"}})
     # Every row has branched: the trunk needs only what its own --resume needs.
     prune_checkpoints(trunk_cfg.OUTPUT_DIR, int(trunk_cfg.SISSI.DISK.KEEP_LAST))
     return summary

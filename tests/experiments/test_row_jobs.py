@@ -62,6 +62,9 @@ def test_rows_at_once_train_what_rows_one_by_one_train(coco_tiny, tmp_path):
         assert set(parallel[key]["metrics"]) == {"rowjobs_test"}, key
         assert os.path.isfile(tmp_path / "parallel" / key / "row.json"), key
     assert parallel["epoch2"]["branched_from_epoch"] == 2 and parallel["late"]["same_as"] == "trunk"
+    # the branch was queued as the trunk started epoch 2, where its rule fired, not once the trunk had finished
+    assert parallel["epoch2"]["queued_at_trunk_epoch"] == 2 and serial["epoch2"]["queued_at_trunk_epoch"] is None
+    assert parallel["own"]["queued_at_trunk_epoch"] is None and parallel["late"]["queued_at_trunk_epoch"] is None
     assert parallel["own"]["branched_from_epoch"] is None and parallel["own"]["same_as"] is None
     for key in ("trunk", "epoch2", "own"):
         a = torch.load(tmp_path / "serial" / key / "model_final.pth", map_location="cpu", weights_only=True)["model"]
@@ -78,6 +81,7 @@ def test_rows_at_once_train_what_rows_one_by_one_train(coco_tiny, tmp_path):
     # run again: every row is reused, nothing trains
     again = run_rows(_rows(tmp_path / "parallel"), trunk="trunk", jobs=2)
     assert {k: e["plan"] for k, e in again.items()} == {k: e["plan"] for k, e in parallel.items()}
+    assert {e["iterations_trained"] for e in again.values()} == {0} and parallel["epoch2"]["iterations_trained"] > 0
 
 
 def test_a_failing_row_is_named_and_the_others_stop(coco_tiny, tmp_path):

@@ -121,6 +121,34 @@ def test_the_start_signals_are_records_not_part_of_the_past(tmp_path):
     assert past_differences(_row_cfg(tmp_path / "l", "never", "never", "SOLVER.BASE_LR", "0.5"), trunk) == ["SOLVER.BASE_LR"]
 
 
+def test_a_row_is_planned_on_the_running_trunk_once_its_rule_has_fired(tmp_path):
+    """While the trunk trains, a row is planned from the trunk's record so far as soon as its rule
+    fires on it, and that plan is the one the whole record gives; before, and for a rule that never
+    fires, there is no plan yet (run_rows waits)."""
+    from sissi_d2.experiments.rows import _row_kind
+
+    fired, losses = 2, (1.0, 0.5, 0.7, 0.6)  # ADELE fires at epoch 2; the loss is lowest at epoch 1
+
+    def record(seen):  # the trunk's hook states once it has measured the starts of `seen` epochs
+        return {"MemorisationHook": {"detector": {"fired_epoch": fired if fired < seen else None}},
+                "SourceValLossHook": {"history": [[e, v] for e, v in enumerate(losses[:seen])]}}
+
+    trunk = _row_cfg(tmp_path / "t", "never")
+    recorded = frozenset({"memorisation", "source_val"})
+    # rule -> the first record on which it is planned (None: never fires within the epochs)
+    for rule, first in (("adele", 4), ("source_val_loss", 3), ("epoch:2", 3), ("epoch:0", 1), ("epoch:9", None)):
+        row = _row_cfg(tmp_path / rule.replace(":", ""), rule)
+        whole = _row_kind(row, trunk, record(EPOCHS), recorded)
+        running = {seen: _row_kind(row, trunk, record(seen), recorded, seen) for seen in range(1, EPOCHS + 1)}
+        if first is None:
+            assert whole[0] == "same" and set(running.values()) == {None}, rule
+            continue
+        assert whole[0] in ("branch", "scratch"), rule
+        assert [seen for seen, kind in running.items() if kind is None] == list(range(1, first)), rule
+        assert all(running[seen] == whole for seen in range(first, EPOCHS + 1)), rule
+    assert _row_kind(_row_cfg(tmp_path / "v2", "source_val_loss"), trunk, record(3), recorded, 3)[1].restore_epoch == 1
+
+
 def test_a_plan_the_trunk_cannot_honour_is_refused(tiny_datasets, tmp_path):
     from sissi_d2.experiments.rows import run_rows
 

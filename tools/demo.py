@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The SISSI demo on synthetic data: data -> weak labels -> three training rows -> report.
 
-  python tools/demo.py --output output/demo            # `make demo`, ~12 min on 2 CPU cores
+  python tools/demo.py --output output/demo            # `make demo`, 12-17 min on 2 CPU cores
   python tools/demo.py --output /tmp/demo --quick      # a tiny run (tests), ~1-2 min
   python tools/demo.py --output output/demo SISSI.EPOCHS 12   # KEY VALUE overrides for every row
 

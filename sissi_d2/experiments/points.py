@@ -423,7 +423,7 @@ def run_comparison(setting: Setting, output: str, fractions=None, opts=(), plan_
     ``report.md`` and the figures into ``output``. The setting's data sets must be registered."""
     from detectron2.data import DatasetCatalog
 
-    from .demo import Clock, _progress_hook_class, prune_checkpoints
+    from .demo import Clock, DemoHooks, prune_checkpoints
     from .report import dataset_truth
     from .rows import run_rows
 
@@ -465,12 +465,11 @@ def run_comparison(setting: Setting, output: str, fractions=None, opts=(), plan_
     say(f"  figures: {', '.join(figs.values())}")
 
     say("Step 2/3: training")
-    hook_cls = _progress_hook_class()
     results = {}
     for i, f in enumerate(fractions, 1):
         cfgs = row_configs(setting, output, f, sets[f]["dataset"], opts)
         say(f"  click set {i}/{len(fractions)}: {f} % of the cells clicked")
-        summary = run_rows(cfgs, trunk=TRUNK, hooks=lambda row, trainer: [hook_cls(row, clock, trainer.iters_per_epoch)])
+        summary = run_rows(cfgs, trunk=TRUNK, hooks=DemoHooks(clock.t0))
         prune_checkpoints({"dirs": {k: c.OUTPUT_DIR for k, c in cfgs.items()}})
         metrics = {}
         for key in ROW_NAMES:  # in the order of the table

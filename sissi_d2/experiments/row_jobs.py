@@ -69,11 +69,11 @@ class ReportEpochSignals(HookBase):
         self.results, self.key = results, key
 
     def before_step(self):
-        from .rows import hooks_state
-
         trainer = self.trainer
         ipe = trainer.iters_per_epoch
         if trainer.iter % ipe == 0:
+            from .rows import hooks_state
+
             self.results.put((self.key, "progress", {"epochs_seen": trainer.iter // ipe + 1, "iters_per_epoch": ipe,
                                                      "hooks_state": hooks_state(trainer)}))
 

@@ -123,6 +123,11 @@ def add_sissi_config(cfg):
     # iteration (0.99: the teacher averages the students of the last ~100 iterations).
     _C.SISSI.PSEUDO.TEACHER = "student"
     _C.SISSI.PSEUDO.EMA_MOMENTUM = 0.99
+    # Folder where a row's FIRST pseudo-labels are stored under a hash of the labeller's weights
+    # and of every setting that reaches a box, and read back by any row that would make the
+    # same ones ("" = off). Rows branching from one trunk checkpoint share them (run_rows sets it
+    # for its branches); the labels are the ones the row would have made (engine/label_cache.py).
+    _C.SISSI.PSEUDO.CACHE_DIR = ""
 
     # ---- evaluation ----
     _C.SISSI.EVAL = CN()

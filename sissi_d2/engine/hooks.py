@@ -25,6 +25,7 @@ from ..data.label_files import image_key, load_coco_boxes, save_records_as_coco
 from ..evaluation.box_metrics import coco_box_metrics
 from ..utils.atomic import atomic_open, atomic_write_json
 from .inference import RecordPredictor
+from .label_cache import labeller_key, read_cached_labels, write_cached_labels
 from .start_rules import MEMORISATION, SOURCE_VAL, StartSignals
 
 __all__ = ["EpochHook", "MemorisationHook", "SourceValLossHook", "LabelCorrectionHook", "boxes_of"]
@@ -222,6 +223,8 @@ class LabelCorrectionHook(EpochHook):
         # the self-training runaway, docs/experiments.md); it starts at the first correction.
         self.teacher = EMATeacher(cfg.SISSI.PSEUDO.EMA_MOMENTUM) if teacher == "ema" else None
         self.predictor = RecordPredictor(cfg)
+        self.cfg = cfg  # what the first labels' cache key reads (SISSI.PSEUDO.CACHE_DIR)
+        self.cache_dir = cfg.SISSI.PSEUDO.CACHE_DIR
         self.output_dir = output_dir
         self.memorisation, self.source_val = memorisation, source_val
         self.labels_epoch = None  # epoch whose pseudo-labels are the current target labels
@@ -294,7 +297,7 @@ class LabelCorrectionHook(EpochHook):
             if not self.teacher.started:
                 self.teacher.start(self.trainer.model)
             labeller = self.teacher.model
-        fused = self.predictor.pseudo_labels(labeller, self.records, desc=f"pseudo-labels epoch {epoch}", **weak)
+        fused = self.predict_labels(labeller, epoch, weak)
         new_records, kept, total = [], 0, 0
         for record in self.records:
             boxes, scores = fused[image_key(record)]
@@ -316,6 +319,24 @@ class LabelCorrectionHook(EpochHook):
             "Epoch %d: %d pseudo-labels on %d target images (%d kept their previous labels); snapshot %s",
             epoch, total, len(new_records), kept, path,
         )
+
+    def predict_labels(self, labeller, epoch: int, weak: dict) -> dict:
+        """TTA + WBF labels of the target images; a row's first labels come from the cache
+        (SISSI.PSEUDO.CACHE_DIR) when a row with the same weights and settings made them."""
+        desc = f"pseudo-labels epoch {epoch}"
+        if not self.cache_dir or self.labels_epoch is not None:
+            return self.predictor.pseudo_labels(labeller, self.records, desc=desc, **weak)
+        key = labeller_key(labeller, self.cfg, self.records, weak.get("weak_boxes"))
+        cached = read_cached_labels(self.cache_dir, key)
+        # every rank predicts its shard and gathers, so all of them read the cache or none
+        if all(comm.all_gather(cached is not None)):
+            logger.info("Epoch %d: the first pseudo-labels are those a row with the same weights and settings "
+                        "made (%s)", epoch, self.cache_dir)
+            return cached
+        fused = self.predictor.pseudo_labels(labeller, self.records, desc=desc, **weak)
+        if comm.is_main_process():
+            write_cached_labels(self.cache_dir, key, fused)
+        return fused
 
     def before_step(self):
         super().before_step()

@@ -55,10 +55,11 @@ _PSEUDO = "SISSI.PSEUDO."
 
 def _never_touches_weights(key: str, *eval_periods) -> bool:
     """Settings no weight or start signal depends on: disk retention (``SISSI.DISK.*``), the
-    cloning cache's size (the cloned images are the same either way), and ``DATASETS.TEST``, read
+    cloning cache's size (the cloned images are the same either way), the first pseudo-labels'
+    cache folder (it holds the labels the row would make), and ``DATASETS.TEST``, read
     only by evaluation, when every run compared evaluates after training only
     (``TEST.EVAL_PERIOD`` 0 in each of ``eval_periods``)."""
-    return (key.startswith("SISSI.DISK.") or key == "SISSI.CLONING.CACHE_MB"
+    return (key.startswith("SISSI.DISK.") or key in ("SISSI.CLONING.CACHE_MB", "SISSI.PSEUDO.CACHE_DIR")
             or (key == "DATASETS.TEST" and all(int(p) == 0 for p in eval_periods)))
 
 
@@ -291,6 +292,22 @@ def _row_kind(cfg, trunk_cfg, trunk_state: dict, recorded, epochs_seen: int | No
     return "branch", plan, None
 
 
+def _share_first_labels(rows: dict, branching: list, folder: str) -> dict:
+    """Branches that start from the same trunk checkpoint with the same pseudo-label settings make
+    the same first pseudo-labels: the first to label stores them in ``folder`` and the others read
+    them (``SISSI.PSEUDO.CACHE_DIR``, engine/label_cache.py), one TTA pass over the target images
+    less per such row. A row that names its own cache folder keeps it."""
+    out = dict(rows)
+    for key in branching:
+        if not rows[key].SISSI.PSEUDO.CACHE_DIR:
+            cfg = rows[key].clone()
+            cfg.defrost()
+            cfg.SISSI.PSEUDO.CACHE_DIR = folder
+            cfg.freeze()
+            out[key] = cfg
+    return out
+
+
 def _trunk_signals(hooks_state: dict) -> dict:
     return {"memorisation_fired_epoch": hooks_state.get("MemorisationHook", {}).get("detector", {}).get("fired_epoch"),
             "source_val_history": hooks_state.get("SourceValLossHook", {}).get("history", [])}
@@ -328,6 +345,7 @@ def run_rows(rows: dict, trunk: str, trainer_cls=None, hooks=None, jobs: int = 1
     check_rows_fit(rows, trunk)
     own_past = [k for k in rows if k != trunk and past_differences(rows[k], trunk_cfg)]
     branching = [k for k in rows if k != trunk and k not in own_past]
+    rows = _share_first_labels(rows, branching, os.path.join(trunk_cfg.OUTPUT_DIR, "sissi", "first_pseudo_labels"))
     recorded = recorded_signals(trunk_cfg)
     summary, kinds, done = {}, {}, set()
     clock = {"seconds": 0.0, "iterations": 0}  # the training time and iterations of the rows finished

@@ -86,3 +86,43 @@ def test_restore_is_an_explicit_trainer_call_when_correction_starts(tmp_path):
     hook.trainer.calls.clear()
     hook.on_epoch_start(3)
     assert not [c for c in hook.trainer.calls if c[0] == "restore"]  # once, when correction starts
+
+
+class _CountingPredictor(_Predictor):
+    def __init__(self):
+        self.calls = 0
+
+    def pseudo_labels(self, model, records, desc=""):
+        self.calls += 1
+        return {r["file_name"].split("/")[-1]: (np.array([[1.0, 1.0, 5.0 + self.calls, 5.0]]), np.array([0.9]))
+                for r in records}
+
+
+def test_a_rows_first_labels_come_from_the_cache_when_its_weights_made_them(tmp_path):
+    import torch
+
+    cache = str(tmp_path / "cache")
+    hooks = []
+    for i in range(2):
+        hook = _hook(tmp_path / f"row{i}", "epoch:1", _records(tmp_path), "never", None,
+                     "SISSI.PSEUDO.CACHE_DIR", cache)
+        torch.manual_seed(0)
+        hook.trainer.model = torch.nn.Linear(2, 2)
+        hook.predictor = _CountingPredictor()
+        hooks.append(hook)
+    hooks[0].on_epoch_start(1)
+    hooks[1].on_epoch_start(1)
+    assert (hooks[0].predictor.calls, hooks[1].predictor.calls) == (1, 0)  # read, not predicted
+    assert [r["annotations"][0]["bbox"] for r in hooks[1].records] == [r["annotations"][0]["bbox"]
+                                                                        for r in hooks[0].records]
+    assert (tmp_path / "row1" / "pseudo_labels" / "epoch_0001.json").exists()  # its own snapshot still
+    # later rounds label with the row's own weights: never from the cache
+    hooks[1].on_epoch_start(2)
+    assert hooks[1].predictor.calls == 1
+    # other weights: another key, predicted
+    hook = _hook(tmp_path / "row2", "epoch:1", _records(tmp_path), "never", None, "SISSI.PSEUDO.CACHE_DIR", cache)
+    torch.manual_seed(1)
+    hook.trainer.model = torch.nn.Linear(2, 2)
+    hook.predictor = _CountingPredictor()
+    hook.on_epoch_start(1)
+    assert hook.predictor.calls == 1

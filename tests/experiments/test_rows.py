@@ -1,5 +1,7 @@
 """Rows that share their past: every start rule's branch ends exactly where the row trained alone
 ends (bitwise, on CPU), and a plan that cannot be honoured is refused."""
+import json
+
 import pytest
 import torch
 
@@ -250,3 +252,35 @@ def test_row_iterations_and_the_time_left_line():
     assert line.startswith("Rows: left plain_a, oracle, 1350 iterations: about 68 min, 2 rows at a time at 6.00 s per "
                            "iteration each"), line
     assert time_left_line([], 0, 1000, 3000.0) == "Rows: all rows trained"
+
+
+def test_branches_from_one_checkpoint_label_their_first_round_once(tiny_datasets, tmp_path, monkeypatch):
+    """Two branches of the same epoch and pseudo-label settings (one clones, one does not) make
+    their first pseudo-labels once: the second reads the first's, and ends with the weights it has
+    when trained alone, labelling for itself."""
+    from sissi_d2.engine.inference import RecordPredictor
+    from sissi_d2.experiments.rows import run_rows
+
+    labelled = []
+    predict = RecordPredictor.pseudo_labels
+
+    def counting(self, model, records, desc="pseudo-labels", **kw):
+        labelled.append(desc)
+        return predict(self, model, records, desc=desc, **kw)
+
+    monkeypatch.setattr(RecordPredictor, "pseudo_labels", counting)
+    rows = {"trunk": _row_cfg(tmp_path / "trunk", "never"),
+            "plain": _row_cfg(tmp_path / "plain", "epoch:2"),
+            "cloned": _row_cfg(tmp_path / "cloned", "epoch:2", "on_correction")}
+    summary = run_rows(rows, trunk="trunk")
+    assert summary["plain"]["branched_from_epoch"] == summary["cloned"]["branched_from_epoch"] == 2
+    assert sorted(labelled) == ["pseudo-labels epoch 2", "pseudo-labels epoch 3", "pseudo-labels epoch 3"]
+    assert len(list((tmp_path / "trunk" / "sissi" / "first_pseudo_labels").glob("*.json"))) == 1
+    first = [json.loads(p.read_text())["annotations"] for p in
+             (tmp_path / "plain" / "sissi" / "pseudo_labels" / "epoch_0002.json",
+              tmp_path / "cloned" / "sissi" / "pseudo_labels" / "epoch_0002.json")]
+    assert first[0] == first[1] and first[0]
+    labelled.clear()
+    alone = _alone(_row_cfg(tmp_path / "cloned_alone", "epoch:2", "on_correction"))
+    assert labelled == ["pseudo-labels epoch 2", "pseudo-labels epoch 3"]  # no cache: labels itself
+    _assert_same_weights(alone, tmp_path / "cloned" / "model_final.pth")

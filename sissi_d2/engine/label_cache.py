@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Config sections that reach a pseudo-label box: the model (architecture, test-time thresholds,
 # device), the input (test resize, format) and the pseudo-label settings; the cache's own folder
-# is not one of them.
+# is not one of them. Of TEST, only the cap on a view's detections reaches a box (the ROI heads
+# keep that many per image); its evaluation settings do not.
 _SECTIONS = ("MODEL", "INPUT")
 
 
@@ -36,6 +37,7 @@ def _settings(cfg) -> dict:
     pseudo = {k: v for k, v in cfg.SISSI.PSEUDO.items() if k != "CACHE_DIR"}
     out = {name: cfg.get(name) for name in _SECTIONS}
     out["SISSI.PSEUDO"] = pseudo
+    out["TEST.DETECTIONS_PER_IMAGE"] = cfg.TEST.DETECTIONS_PER_IMAGE
     return json.loads(json.dumps(out, sort_keys=True, default=lambda o: dict(o) if isinstance(o, dict) else list(o)))
 
 

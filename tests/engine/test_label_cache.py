@@ -40,12 +40,14 @@ def test_the_key_follows_weights_settings_images_and_voting_weak_boxes(tmp_path)
     other[1].running_mean += 1
     assert labeller_key(other, cfg, records) != key
     for opts in (("SISSI.PSEUDO.SCORE_THRESH", "0.5"), ("INPUT.MIN_SIZE_TEST", "128"),
-                 ("MODEL.ROI_HEADS.NMS_THRESH_TEST", "0.3"), ("SISSI.PSEUDO.TEACHER", "ema")):
+                 ("MODEL.ROI_HEADS.NMS_THRESH_TEST", "0.3"), ("SISSI.PSEUDO.TEACHER", "ema"),
+                 ("TEST.DETECTIONS_PER_IMAGE", "7")):
         assert labeller_key(model, tiny_config(tmp_path, *opts), records) != key, opts
     assert labeller_key(model, cfg, records[:1]) != key
     assert labeller_key(model, cfg, records, {"img0.png": np.ones((1, 4))}) != key
     # the cache's own folder, the output folder and the start rule do not reach a box
-    for opts in (("SISSI.PSEUDO.CACHE_DIR", str(tmp_path / "c")), ("SISSI.START_RULE", "adele")):
+    for opts in (("SISSI.PSEUDO.CACHE_DIR", str(tmp_path / "c")), ("SISSI.START_RULE", "adele"),
+                 ("TEST.EVAL_PERIOD", "3")):
         assert labeller_key(model, tiny_config(tmp_path, *opts), records) == key, opts
     assert labeller_key(model, tiny_config(tmp_path / "elsewhere"), records) == key
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from datetime import timedelta
 
 import torch
@@ -104,3 +105,23 @@ def _distributed_worker(
     finally:
         comm.synchronize()
         dist.destroy_process_group()
+    _end_finished_worker()
+
+
+def _end_finished_worker() -> None:
+    """End a worker whose work is done without the interpreter's teardown.
+
+    Why: about one launch in twenty (2026-12-06, 2-vCPU host, torch 2.14.1) a worker that had
+    finished its work and destroyed its process group died at exit with "terminate called
+    without an active exception" (SIGABRT: a native thread still joinable when the C++ statics
+    are destroyed), and ``launch`` then raised for a run whose results were all written. Leaving
+    with ``os._exit`` after flushing the logs skips that teardown (0 aborts in 60 launches, against
+    1 in 20 and 1 in 30 without). NCCL workers end the same way, so that a run behaves alike on
+both. The cost: the worker's own ``atexit`` handlers do not run."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stream has nothing left to flush
+    os._exit(0)

@@ -237,18 +237,29 @@ def seed_figure(runs: list, out_png: str, metric: str = "AP50") -> str:
 
 
 def label_curve_figure(runs: list, out_png: str, metric: str = "F1_50") -> str | None:
-    """F1@0.5 of every correcting row's labels per epoch, one line per row and seed, the weak
-    labels as a line (their F1 is the same in every seed: the same pipeline on the same images).
-    None when no row corrected."""
-    from ..utils.visualize import plot_label_quality
+    """F1@0.5 of every correcting row's labels per epoch: a colour per row, a marker per seed (one
+    colour per row and seed would repeat colours past ten lines), the weak labels as a line (their
+    F1 is the same in every seed: the same pipeline on the same images). None when no row corrected."""
+    from ..utils.visualize import _finish_plot, _new_axes
 
-    series = {f"{row}, seed {r.seed}": [(q["epoch"], q[metric]) for q in _rounds(r, row)]
-              for row in _row_names(runs) for r in runs if _rounds(r, row)}
-    if not series:
+    rows = [row for row in _row_names(runs) if any(_rounds(r, row) for r in runs)]
+    if not rows:
         return None
+    markers = "osD^v<>ph*"
+    fig, ax = _new_axes()
+    for i, row in enumerate(rows):
+        for j, r in enumerate(runs):
+            q = _rounds(r, row)
+            if q:
+                ax.plot([x["epoch"] for x in q], [x[metric] for x in q], "-", marker=markers[j % len(markers)],
+                        ms=3, lw=1, color=f"C{i % 10}", label=row if not any(_rounds(p, row) for p in runs[:j]) else None)
+    for j, r in enumerate(runs):  # the markers' key, drawn outside the data
+        ax.plot([], [], markers[j % len(markers)], color="gray", ms=3, label=f"seed {r.seed}")
     weak, _ = mean_sd((r.label_quality.get("weak_labels") or {}).get(metric) for r in runs)
-    return plot_label_quality(series, out_png, reference=weak, metric="F1@0.5",
-                              title=f"Training labels against the truth, {len(runs)} seeds")
+    if weak is not None:
+        ax.axhline(weak, color="black", ls="--", lw=1, label=f"weak labels ({weak:.1f})")
+    return _finish_plot(fig, ax, out_png, "epoch (labels trained on during that epoch)", "F1@0.5 vs true boxes (%)",
+                        f"Training labels against the truth, {len(runs)} seeds", "lower left", 6)
 
 
 def write_seed_report(folders, output: str) -> dict:

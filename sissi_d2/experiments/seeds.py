@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass
 
 from .report import METRICS, fmt, markdown_table
@@ -35,7 +36,8 @@ COMPARISONS = (
 )
 # Settings that are allowed to differ between the runs compared (besides the seed): where things
 # are written and cached, which device ran them.
-_IGNORED_PREFIXES = ("SISSI.DISK.", "SISSI.PSEUDO.CACHE_DIR", "SISSI.CLONING.CACHE_MB", "MODEL.DEVICE", "SISSI.REGISTER")
+_IGNORED_PREFIXES = ("SISSI.DISK.", "SISSI.PSEUDO.CACHE_DIR", "SISSI.CLONING.CACHE_MB", "MODEL.DEVICE",
+                     "SISSI.REGISTER")
 
 
 @dataclass
@@ -54,7 +56,8 @@ def _read_json(path: str, what: str) -> dict:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}): run tools/table1.py on that folder again to rewrite it") from e
+        raise ValueError(f"{path} is not valid JSON ({e}): "
+                         "run tools/table1.py on that folder again to rewrite it") from e
 
 
 def load_seed_runs(folders) -> list:
@@ -65,20 +68,21 @@ def load_seed_runs(folders) -> list:
     runs = []
     for folder in folders:
         results = _read_json(os.path.join(folder, "results.json"),
-                             "not a finished tools/table1.py output folder (run it, or its --output, to the end)")
+                             "not a finished tools/table1.py output folder (run tools/table1.py with that --output "
+                             "again: finished rows are reused, the others resume)")
         settings = _read_json(os.path.join(folder, TRUNK, "sissi", "row_settings.json"),
                               f"the trunk ({TRUNK}) of this table recorded no settings; a table1 output folder "
                               "has it once its trunk has started")
         runs.append(SeedRun(folder, int(settings.get("SEED", -1)), results.get("rows", {}),
                             results.get("label_quality", {}), settings))
     seeds = [r.seed for r in runs]
+    if any(s < 0 for s in seeds):
+        raise ValueError("a run with SEED -1 (a random seed each time) cannot be repeated: "
+                         f"{[r.folder for r in runs if r.seed < 0]}")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
         raise ValueError(f"seed(s) {repeated} appear in more than one folder "
                          f"({[r.folder for r in runs if r.seed in repeated]}): give each seed once")
-    if any(s < 0 for s in seeds):
-        raise ValueError("a run with SEED -1 (a random seed each time) cannot be repeated: "
-                         f"{[r.folder for r in runs if r.seed < 0]}")
     return sorted(runs, key=lambda r: r.seed)
 
 
@@ -95,9 +99,7 @@ def mean_sd(values) -> tuple:
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return None, None
-    m = sum(v) / len(v)
-    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) >= 2 else None
-    return m, sd
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) >= 2 else None)
 
 
 def _pm(m, sd) -> str:
@@ -251,8 +253,9 @@ def label_curve_figure(runs: list, out_png: str, metric: str = "F1_50") -> str |
         for j, r in enumerate(runs):
             q = _rounds(r, row)
             if q:
+                first_of_row = not any(_rounds(p, row) for p in runs[:j])  # one legend entry per row
                 ax.plot([x["epoch"] for x in q], [x[metric] for x in q], "-", marker=markers[j % len(markers)],
-                        ms=3, lw=1, color=f"C{i % 10}", label=row if not any(_rounds(p, row) for p in runs[:j]) else None)
+                        ms=3, lw=1, color=f"C{i % 10}", label=row if first_of_row else None)
     for j, r in enumerate(runs):  # the markers' key, drawn outside the data
         ax.plot([], [], markers[j % len(markers)], color="gray", ms=3, label=f"seed {r.seed}")
     weak, _ = mean_sd((r.label_quality.get("weak_labels") or {}).get(metric) for r in runs)

@@ -131,6 +131,6 @@ def test_the_tool_prints_the_report_and_refuses_a_missing_folder(tmp_path):
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "Plain A − Weak-only" in ok.stdout and "seeds [0, 1]" in ok.stdout
-    bad = subprocess.run([sys.executable, tool, folders[0], str(tmp_path / "missing"), "--output", str(tmp_path / "o2")],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([sys.executable, tool, folders[0], str(tmp_path / "missing"),
+                          "--output", str(tmp_path / "o2")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "missing/results.json is missing" in bad.stderr

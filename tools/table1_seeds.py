@@ -7,7 +7,7 @@
   python tools/table1_seeds.py output/table1 output/table1_seed1 output/table1_seed2 --output output/table1_seeds
 
 Writes seeds.md (rows per seed with mean ± sd; differences between rows of the same seed, e.g.
-A+SISSI(S) − Weak-only; first / best / last pseudo-label quality), seeds.json and seeds_ap50.png.
+A+SISSI(S) − Weak-only; first / best / last pseudo-label quality), seeds.json, seeds_ap50.png and seeds_label_f1.png.
 Reads only the folders' results.json and their trunks' recorded settings: nothing is trained.
 """
 import argparse

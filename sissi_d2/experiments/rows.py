@@ -53,7 +53,7 @@ _CLONING = "SISSI.CLONING."
 _PSEUDO = "SISSI.PSEUDO."
 
 
-def _never_touches_weights(key: str, *eval_periods) -> bool:
+def never_touches_weights(key: str, *eval_periods) -> bool:
     """Settings no weight or start signal depends on: disk retention (``SISSI.DISK.*``), the
     cloning cache's size (the cloned images are the same either way), the first pseudo-labels'
     cache folder (it holds the labels the row would make), and ``DATASETS.TEST``, read
@@ -108,7 +108,7 @@ def past_differences(row_cfg, trunk_cfg) -> list:
     cloning_matters = _clones_before_start(row_cfg) or _clones_before_start(trunk_cfg)
     return sorted(k for k in set(a) | set(b)
                   if k not in ignored and not k.startswith(_PSEUDO) and (cloning_matters or not k.startswith(_CLONING))
-                  and not _never_touches_weights(k, row_cfg.TEST.EVAL_PERIOD, trunk_cfg.TEST.EVAL_PERIOD)
+                  and not never_touches_weights(k, row_cfg.TEST.EVAL_PERIOD, trunk_cfg.TEST.EVAL_PERIOD)
                   and a.get(k) != b.get(k))
 
 
@@ -184,7 +184,7 @@ def check_row_settings(cfg) -> None:
         defaults = _default_settings()
         diff = sorted(k for k in set(recorded) | set(current)
                       if recorded.get(k) != current.get(k) and not (never and (k.startswith(_PSEUDO) or k in _ANY_SIGNAL_KEY))
-                      and not _never_touches_weights(k, cfg.TEST.EVAL_PERIOD, recorded.get("TEST.EVAL_PERIOD", -1))
+                      and not never_touches_weights(k, cfg.TEST.EVAL_PERIOD, recorded.get("TEST.EVAL_PERIOD", -1))
                       and not (k not in recorded and k in defaults and current.get(k) == defaults[k]))
         if diff:
             shown = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])

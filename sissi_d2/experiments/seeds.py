@@ -19,6 +19,7 @@ import statistics
 from dataclasses import dataclass
 
 from .report import METRICS, fmt, markdown_table
+from .rows import never_touches_weights
 from .specs import PAPER_ROWS, TRUNK
 
 __all__ = ["SeedRun", "COMPARISONS", "load_seed_runs", "settings_differences", "mean_sd", "row_table", "comparisons",
@@ -34,10 +35,9 @@ COMPARISONS = (
     ("SISSI(S)", "Baseline", "cloning (strong blur), source-validation rows"),
     ("Baseline", "Weak-only", "correction from the source-validation epoch, no cloning"),
 )
-# Settings that are allowed to differ between the runs compared (besides the seed): where things
-# are written and cached, which device ran them.
-_IGNORED_PREFIXES = ("SISSI.DISK.", "SISSI.PSEUDO.CACHE_DIR", "SISSI.CLONING.CACHE_MB", "MODEL.DEVICE",
-                     "SISSI.REGISTER")
+# Settings that may differ between the runs compared besides the seed and those no weight depends
+# on (rows.never_touches_weights): which device ran them, where data sets were registered from.
+_ALSO_ALLOWED = ("MODEL.DEVICE", "SISSI.REGISTER")
 
 
 @dataclass
@@ -90,7 +90,9 @@ def settings_differences(runs: list) -> list:
     """Settings (sorted keys) in which the runs differ other than SEED and where they write: a
     spread over such runs is not a seed spread, so the report names them."""
     keys = set().union(*(r.settings for r in runs)) if runs else set()
-    return sorted(k for k in keys if k != "SEED" and not k.startswith(_IGNORED_PREFIXES)
+    eval_periods = [r.settings.get("TEST.EVAL_PERIOD", -1) for r in runs]
+    return sorted(k for k in keys if k != "SEED" and k not in _ALSO_ALLOWED
+                  and not never_touches_weights(k, *eval_periods)
                   and len({json.dumps(r.settings.get(k), sort_keys=True) for r in runs}) > 1)
 
 

@@ -123,6 +123,11 @@ def add_sissi_config(cfg):
     # iteration (0.99: the teacher averages the students of the last ~100 iterations).
     _C.SISSI.PSEUDO.TEACHER = "student"
     _C.SISSI.PSEUDO.EMA_MOMENTUM = 0.99
+    # Deviation from the paper (0 = the paper: new pseudo-labels every epoch once correction
+    # starts): relabel at the first ROUNDS correction epochs only, then keep the last labels
+    # (and keep cloning from them) to the end. A brake measured in docs/experiments.md: the
+    # first round is the only one that beats the weak labels on the real data.
+    _C.SISSI.PSEUDO.ROUNDS = 0
     # Folder where a row's FIRST pseudo-labels are stored under a hash of the labeller's weights
     # and of every setting that reaches a box, and read back by any row that would make the
     # same ones ("" = off). Rows branching from one trunk checkpoint share them (run_rows sets it

@@ -222,6 +222,10 @@ class LabelCorrectionHook(EpochHook):
         # With "ema" the pseudo-labels come from a moving average of the student (a brake on
         # the self-training runaway, docs/experiments.md); it starts at the first correction.
         self.teacher = EMATeacher(cfg.SISSI.PSEUDO.EMA_MOMENTUM) if teacher == "ema" else None
+        self.max_rounds = int(cfg.SISSI.PSEUDO.get("ROUNDS", 0))
+        if self.max_rounds < 0:
+            raise ValueError(f"SISSI.PSEUDO.ROUNDS={self.max_rounds}: expected 0 (relabel every epoch, the paper) "
+                             "or the number of correction epochs that relabel")
         self.predictor = RecordPredictor(cfg)
         self.cfg = cfg  # what the first labels' cache key reads (SISSI.PSEUDO.CACHE_DIR)
         self.cache_dir = cfg.SISSI.PSEUDO.CACHE_DIR
@@ -281,8 +285,15 @@ class LabelCorrectionHook(EpochHook):
         mode = self.cloning_mode
         return mode == "always" or (mode == "on_correction" and self.correcting(epoch))
 
+    def relabels(self, epoch: int) -> bool:
+        """True when this correction epoch makes new pseudo-labels (every one in the paper; the
+        first SISSI.PSEUDO.ROUNDS of them otherwise, then the last labels stay)."""
+        if not self.correcting(epoch) or self.labels_epoch == epoch:
+            return False
+        return self.max_rounds == 0 or len(self.history) < self.max_rounds
+
     def on_epoch_start(self, epoch: int):
-        if self.correcting(epoch) and self.labels_epoch != epoch:
+        if self.relabels(epoch):
             restore = self.rule.restore_epoch()
             if self.labels_epoch is None and restore is not None and restore != epoch:
                 self.trainer.restore_epoch_weights(restore)  # correction starts from earlier weights

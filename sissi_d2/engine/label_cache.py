@@ -28,13 +28,14 @@ logger = logging.getLogger(__name__)
 
 # Config sections that reach a pseudo-label box: the model (architecture, test-time thresholds,
 # device), the input (test resize, format) and the pseudo-label settings; the cache's own folder
-# is not one of them. Of TEST, only the cap on a view's detections reaches a box (the ROI heads
+# and the number of rounds are not among them. Of TEST, only the cap on a view's detections reaches a box (the ROI heads
 # keep that many per image); its evaluation settings do not.
 _SECTIONS = ("MODEL", "INPUT")
 
 
 def _settings(cfg) -> dict:
-    pseudo = {k: v for k, v in cfg.SISSI.PSEUDO.items() if k != "CACHE_DIR"}
+    # ROUNDS says how many rounds follow the first one, not what the first one labels.
+    pseudo = {k: v for k, v in cfg.SISSI.PSEUDO.items() if k not in ("CACHE_DIR", "ROUNDS")}
     out = {name: cfg.get(name) for name in _SECTIONS}
     out["SISSI.PSEUDO"] = pseudo
     out["TEST.DETECTIONS_PER_IMAGE"] = cfg.TEST.DETECTIONS_PER_IMAGE

@@ -126,3 +126,35 @@ def test_a_rows_first_labels_come_from_the_cache_when_its_weights_made_them(tmp_
     hook.predictor = _CountingPredictor()
     hook.on_epoch_start(1)
     assert hook.predictor.calls == 1
+
+
+def test_rounds_relabel_the_first_correction_epochs_then_keep_the_labels_and_cloning(tmp_path):
+    """SISSI.PSEUDO.ROUNDS n: new labels at the first n correction epochs only; the later epochs
+    train (and clone) on the last ones, and a resumed run stays frozen."""
+    counts = {}
+    for rounds in (0, 1, 2):
+        hook = _hook(tmp_path / f"r{rounds}", "epoch:1", _records(tmp_path), "on_correction", None,
+                     "SISSI.PSEUDO.ROUNDS", str(rounds))
+        hook.predictor = _CountingPredictor()
+        for it in range(2 * 5):  # epochs 0..4, correction from epoch 1
+            hook.trainer.iter = it
+            hook.before_step()
+        counts[rounds] = (hook.predictor.calls, hook.labels_epoch, len(hook.history))
+        loaders = [c for c in hook.trainer.calls if c[0] == "loader"]
+        assert [c[4] for c in loaders] == [False, True, True, True, True]  # cloning on from epoch 1 either way
+        if rounds == 1:
+            frozen = hook
+    assert counts == {0: (4, 4, 4), 1: (1, 1, 1), 2: (2, 2, 2)}
+    first = [r["annotations"][0]["bbox"] for r in frozen.records]
+    state = frozen.state_dict()
+    frozen.records = list(frozen.initial_records)
+    frozen.load_state_dict(state)
+    frozen.on_epoch_start(5)
+    assert frozen.predictor.calls == 1 and [r["annotations"][0]["bbox"] for r in frozen.records] == first
+
+
+def test_negative_rounds_is_a_clear_error(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="SISSI.PSEUDO.ROUNDS"):
+        _hook(tmp_path, "epoch:1", _records(tmp_path), "never", None, "SISSI.PSEUDO.ROUNDS", "-1")

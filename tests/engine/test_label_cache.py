@@ -45,9 +45,10 @@ def test_the_key_follows_weights_settings_images_and_voting_weak_boxes(tmp_path)
         assert labeller_key(model, tiny_config(tmp_path, *opts), records) != key, opts
     assert labeller_key(model, cfg, records[:1]) != key
     assert labeller_key(model, cfg, records, {"img0.png": np.ones((1, 4))}) != key
-    # the cache's own folder, the output folder and the start rule do not reach a box
+    # the cache's own folder, the output folder, the start rule and the number of rounds after the
+    # first do not reach the first round's boxes
     for opts in (("SISSI.PSEUDO.CACHE_DIR", str(tmp_path / "c")), ("SISSI.START_RULE", "adele"),
-                 ("TEST.EVAL_PERIOD", "3")):
+                 ("TEST.EVAL_PERIOD", "3"), ("SISSI.PSEUDO.ROUNDS", "1")):
         assert labeller_key(model, tiny_config(tmp_path, *opts), records) == key, opts
     assert labeller_key(model, tiny_config(tmp_path / "elsewhere"), records) == key
 

@@ -34,6 +34,15 @@ def test_three_epoch_sissi_run_changes_pseudo_labels(tiny_datasets, tmp_path):
     assert any("sissi/pseudo_boxes" in m for m in metrics)
 
 
+def test_one_round_labels_once_and_trains_on_those_labels_to_the_end(tiny_datasets, tmp_path):
+    cfg = tiny_config(tmp_path, "SISSI.START_RULE", "epoch:1", "SISSI.CLONING.MODE", "on_correction",
+                      "SISSI.PSEUDO.ROUNDS", "1")
+    trainer = _train(cfg)
+    assert trainer.iter == 6 and trainer.correction_hook.labels_epoch == 1
+    assert sorted(os.listdir(tmp_path / "sissi" / "pseudo_labels")) == ["epoch_0001.json"]
+    assert [h["epoch"] for h in trainer.correction_hook.history] == [1]
+
+
 def test_checkpoint_holds_optimizer_scheduler_and_json_state(tiny_datasets, tmp_path):
     import torch
 

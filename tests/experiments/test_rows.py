@@ -224,7 +224,8 @@ def test_pseudo_label_settings_do_not_split_the_past(tmp_path):
 
     trunk = _row_cfg(tmp_path / "t", "never")
     row = _row_cfg(tmp_path / "r", "epoch:2", "never", "SISSI.PSEUDO.SCORE_THRESH", "0.05",
-                   "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "2.0", "SISSI.PSEUDO.FLIPS", "('none',)")
+                   "SISSI.PSEUDO.WEAK_LABEL_WEIGHT", "2.0", "SISSI.PSEUDO.FLIPS", "('none',)",
+                   "SISSI.PSEUDO.ROUNDS", "1")
     assert past_differences(row, trunk) == []
     other = _row_cfg(tmp_path / "o", "epoch:2", "never", "SOLVER.BASE_LR", "0.02")
     assert past_differences(other, trunk) == ["SOLVER.BASE_LR"]

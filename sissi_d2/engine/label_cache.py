@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 # Config sections that reach a pseudo-label box: the model (architecture, test-time thresholds,
 # device), the input (test resize, format) and the pseudo-label settings; the cache's own folder
-# and the number of rounds are not among them. Of TEST, only the cap on a view's detections reaches a box (the ROI heads
-# keep that many per image); its evaluation settings do not.
+# and the number of rounds are not among them. Of TEST, only the cap on a view's detections
+# reaches a box (the ROI heads keep that many per image); its evaluation settings do not.
 _SECTIONS = ("MODEL", "INPUT")
 
 

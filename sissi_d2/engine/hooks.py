@@ -222,7 +222,7 @@ class LabelCorrectionHook(EpochHook):
         # With "ema" the pseudo-labels come from a moving average of the student (a brake on
         # the self-training runaway, docs/experiments.md); it starts at the first correction.
         self.teacher = EMATeacher(cfg.SISSI.PSEUDO.EMA_MOMENTUM) if teacher == "ema" else None
-        self.max_rounds = int(cfg.SISSI.PSEUDO.get("ROUNDS", 0))
+        self.max_rounds = int(cfg.SISSI.PSEUDO.ROUNDS)
         if self.max_rounds < 0:
             raise ValueError(f"SISSI.PSEUDO.ROUNDS={self.max_rounds}: expected 0 (relabel every epoch, the paper) "
                              "or the number of correction epochs that relabel")

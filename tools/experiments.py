@@ -6,6 +6,7 @@
   python tools/experiments.py test r1_weak_only      # final entries only: scored once on usiigaci_test
   python tools/experiments.py report [--figures docs/figures]   # tables of every entry that has run
   python tools/experiments.py measure r1_weak_only --weights output/experiments/r1_weak_only/model_0000149.pth
+  python tools/experiments.py run r6_repair_missed_cells --seed 1   # another SEED, in <output>/seed1
 
 Entries, their settings and why they were tried live in sissi_d2/experiments/study.py. A run
 resumes where it stopped; results land in <output>/<entry>/study.json (and test.json).
@@ -26,6 +27,9 @@ def main():
     parser.add_argument("--output", default="output/experiments")
     parser.add_argument("--figures", default=None, help="report: folder for the figures")
     parser.add_argument("--weights", default=None, help="measure: a checkpoint of the entry")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="run / test / measure / report with this SEED instead of the configs' (in <output>/seed<N>, "
+                             "so that no seed resumes another's checkpoints)")
     args = parser.parse_args()
 
     from sissi_d2.experiments import study
@@ -34,8 +38,9 @@ def main():
         for e in study.ENTRIES:
             print(f"{e.name:22s} {e.kind:7s} {'final ' if e.final else ''}{e.why}")
         return
+    out, extra = study.seed_setting(args.output, args.seed)
     if args.action == "report":
-        print(study.study_report(os.path.abspath(args.output), args.figures))
+        print(study.study_report(out, args.figures))
         return
     if not args.entries:
         parser.error("name at least one entry (see: list)")
@@ -49,7 +54,6 @@ def main():
 
     if not os.path.isdir(os.path.join(shared_data_root(), "usiigaci_phase")):
         sys.exit(f"The real data is not at {shared_data_root()}: set SISSI_SHARED_DATA (see datasets/README.md).")
-    out = os.path.abspath(args.output)
     os.makedirs(out, exist_ok=True)
     setup_logger(os.path.join(out, "log.txt"))
     setup_logger(os.path.join(out, "log.txt"), name="sissi_d2")
@@ -58,9 +62,9 @@ def main():
         if args.action == "measure":
             if not args.weights:
                 parser.error("measure needs --weights")
-            result = study.measure_weights(name, out, args.weights)
+            result = study.measure_weights(name, out, args.weights, extra)
         else:
-            result = (study.run_entry if args.action == "run" else study.test_entry)(name, out)
+            result = (study.run_entry if args.action == "run" else study.test_entry)(name, out, extra)
         print(json.dumps(result, indent=1)[:3000])
 
 

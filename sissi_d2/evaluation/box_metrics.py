@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "one_to_one_matches", "METRIC_KEYS"]
+__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "boxes_beyond", "one_to_one_matches", "METRIC_KEYS"]
 
 METRIC_KEYS = ("AP50", "AP75", "AP", "AR")
 
@@ -159,3 +159,24 @@ def label_failure_modes(gt: Mapping[object, Sequence], labels: Mapping[object, o
             "loose_boxes": 100.0 * float(np.count_nonzero(ious < tight_iou)) / max(matched, 1),
             "median_iou": float(np.median(ious)) if matched else None, "size_ratio": ratio,
             "cells": cells, "labels": labelled}
+
+
+def boxes_beyond(gt: Mapping[object, Sequence], reference: Mapping[object, object], labels: Mapping[object, object],
+                 max_iou: float = 0.1, iou_thr: float = 0.5) -> dict:
+    """What ``labels`` found away from every box of ``reference`` (e.g. pseudo-labels beyond the weak
+    labels they were learnt from): the labels whose IoU with each reference box of their image is
+    below ``max_iou``, and how many of them are cells (one-to-one with ``gt`` at IoU >= ``iou_thr``).
+    ``cells_percent``: those cells in percent of all true cells, the recall such labels could add.
+    Correction can only teach a detector cells its weak labels miss if it finds them here."""
+    from torchvision.ops import box_iou
+    import torch
+
+    boxes = cells = total = 0
+    for key, true_boxes in gt.items():
+        t, p, r = _as_boxes(true_boxes), _label_boxes(labels, key), _label_boxes(reference, key)
+        if len(p) and len(r):
+            p = p[box_iou(torch.as_tensor(p), torch.as_tensor(r)).numpy().max(axis=1) < max_iou]
+        boxes += len(p)
+        cells += len(one_to_one_matches(t, p, iou_thr)[0])
+        total += len(t)
+    return {"boxes": boxes, "cells": cells, "cells_percent": 100.0 * cells / max(total, 1)}

@@ -60,7 +60,8 @@ def training_label_quality(truth: dict, weak_labels, row_dirs: dict, max_dets: i
     (name -> output folder). {"weak_labels": metrics, "pseudo_labels": {name: [{"epoch", metrics...}]}}."""
     weak = read_label_json(weak_labels) if isinstance(weak_labels, str) else weak_labels
     return {"weak_labels": label_set_quality(truth, weak, max_dets=max_dets),
-            "pseudo_labels": {name: pseudo_label_quality(truth, d, max_dets=max_dets) for name, d in row_dirs.items()}}
+            "pseudo_labels": {name: pseudo_label_quality(truth, d, max_dets=max_dets, weak_labels=weak)
+                              for name, d in row_dirs.items()}}
 
 
 def spread(items: list, most: int) -> list:

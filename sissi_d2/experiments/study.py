@@ -7,7 +7,10 @@ An entry is one of
   ``start_epoch - 1`` with other correction settings (the same settings before that epoch, so
   it equals training it alone; see experiments.rows);
 * ``fusion``: no training: the TTA views of a ``train`` entry's model at the end of epoch
-  ``at_epoch - 1`` on the target training images, fused with a grid of pseudo-label settings.
+  ``at_epoch - 1`` on the target training images, fused with a grid of pseudo-label settings;
+* ``retrain``: a ``train`` entry's settings on a branch's last pseudo-labels;
+* ``repaired``: a ``train`` entry's settings on the weak labels with one kind of error repaired
+  from the training truth (``data.label_repair``): analysis only, what that error costs.
 
 Selection signals are the ones a user could have or the issue allows as analysis-only: the
 target training images' oracle masks (quality of the model's predictions and of every
@@ -24,7 +27,7 @@ import time
 from collections import namedtuple
 from dataclasses import dataclass, field
 
-__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "TRAIN_TRUTH", "RECIPE_V1", "RECIPE_V2", "RECIPE_V3", "RECIPE_V3_HALF", "LIGHT_MODEL", "P2_MODEL", "RECIPE_PSEUDO"]
+__all__ = ["Entry", "ENTRIES", "entry", "run_entry", "test_entry", "seed_setting", "TRAIN_TRUTH", "RECIPE_V1", "RECIPE_V2", "RECIPE_V3", "RECIPE_V3_HALF", "LIGHT_MODEL", "P2_MODEL", "RECIPE_PSEUDO"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +99,7 @@ RECIPE_PSEUDO = FLIP_VIEWS + ["SISSI.PSEUDO.SCORE_THRESH", "0.35"]
 @dataclass(frozen=True)
 class Entry:
     name: str
-    kind: str  # "train" | "branch" | "fusion" | "retrain" (train from scratch on a parent's final pseudo-labels)
+    kind: str  # "train" | "branch" | "fusion" | "retrain" | "repaired" (see the module docstring)
     why: str
     config: str = ""  # train: config file relative to the repository root
     opts: tuple = ()  # KEY VALUE overrides (branch: on top of the parent's)
@@ -104,6 +107,7 @@ class Entry:
     start_epoch: int = 0  # branch: first epoch with other settings; fusion: model after epoch - 1; retrain: labels of epoch - 1
     final: bool = False  # scored once on the test set
     grid: dict = field(default_factory=dict)  # fusion: setting -> values
+    repairs: tuple = ()  # repaired: the weak-label errors repaired (data.label_repair.REPAIRS)
 
 
 def _e(*a, **k):
@@ -163,6 +167,14 @@ ENTRIES = [
        parent="r5_weak_only_light", start_epoch=15,
        grid={"SISSI.PSEUDO.FLIPS": [("none", "h", "v", "hv"), ("none", "hv"), ("none", "h")],
              "SISSI.PSEUDO.SCORE_THRESH": [0.35]}),
+    # What does each kind of weak-label error cost the recipe's detector? The trunk's settings
+    # (= configs/cpu/weak_only.yaml) on the weak labels with one error repaired from the training
+    # truth. SISSI's correction removes false positives and little else (r3_retrain_plain_ema_vote),
+    # so the first entry bounds what any such precision filter can gain.
+    *(_e(f"r6_repair_{r}", "repaired", f"the recipe's trunk on the weak labels with their {r.replace('_', ' ')} "
+         "repaired from the training truth (analysis only: what that error costs the detector)",
+         LEAN, WEAK_ONLY_ROW + RECIPE_V3 + LIGHT_MODEL, final=True, repairs=(r,))
+      for r in ("false_positives", "missed_cells", "loose_boxes")),
     _e("r1_fusion_e10", "fusion", "first-round pseudo-labels of the trunk at epoch 10: weak-label vote x threshold",
        parent="r1_weak_only", start_epoch=10,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),
@@ -193,11 +205,11 @@ def _root() -> str:
 def entry_config(e: Entry, output: str, extra=()):
     from ..config_builder import build_config
 
-    if e.kind in ("train", "retrain"):
+    if e.kind in ("train", "retrain", "repaired"):
         labels = []
-        if e.kind == "retrain":  # the parent's snapshot, registered as this entry's target data set
-            dataset = f"{e.parent}_e{e.start_epoch - 1}"
-            labels = ["SISSI.REGISTER", f"('{dataset}=coco:{retrain_labels(e, output)}',)",
+        if e.kind in ("retrain", "repaired"):  # its label file, registered as this entry's target data set
+            dataset = f"{e.parent}_e{e.start_epoch - 1}" if e.kind == "retrain" else e.name
+            labels = ["SISSI.REGISTER", f"('{dataset}=coco:{entry_labels(e, output)}',)",
                       "SISSI.TARGET_DATASETS", f"('{dataset}',)"]
         return build_config(os.path.join(_root(), e.config),
                             list(e.opts) + labels + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
@@ -207,9 +219,44 @@ def entry_config(e: Entry, output: str, extra=()):
                         list(parent.opts) + opts + list(extra) + ["OUTPUT_DIR", os.path.join(output, e.name)])
 
 
-def retrain_labels(e: Entry, output: str) -> str:
-    """The pseudo-label snapshot a ``retrain`` entry trains on: its parent's, after epoch ``start_epoch - 1``."""
+def seed_setting(output: str, seed: int | None) -> tuple:
+    """(output folder, KEY VALUE overrides) of a run of the entries with another ``SEED``: its own
+    folder ``<output>/seed<N>``, so that no seed resumes another's checkpoints or labels."""
+    if seed is None:
+        return os.path.abspath(output), []
+    return os.path.abspath(os.path.join(output, f"seed{int(seed)}")), ["SEED", str(int(seed))]
+
+
+def entry_labels(e: Entry, output: str) -> str:
+    """The label file a ``retrain`` entry trains on (its parent's pseudo-label snapshot after epoch
+    ``start_epoch - 1``) or a ``repaired`` entry (written by :func:`write_repaired_labels`)."""
+    if e.kind == "repaired":
+        return os.path.join(output, e.name, "repaired_labels.json")
     return os.path.join(output, e.parent, "sissi", "pseudo_labels", f"epoch_{e.start_epoch - 1:04d}.json")
+
+
+def write_repaired_labels(e: Entry, output: str, weak_dataset: str = "usiigaci_train_weak") -> str:
+    """Write a ``repaired`` entry's labels: the weak labels of ``weak_dataset`` with ``e.repairs``
+    repaired from the training truth. Rewritten on every run (deterministic, seconds)."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode
+
+    from ..data.label_files import image_key, save_records_as_coco
+    from ..data.label_repair import repair_labels
+    from ..engine.hooks import boxes_of
+    from .report import dataset_truth
+
+    if weak_dataset not in DatasetCatalog.list():
+        raise FileNotFoundError(
+            f"{e.name} repairs the weak labels {weak_dataset!r}, which are not registered: make them first with "
+            "`python tools/make_weak_labels.py ../shared/data/usiigaci_phase/train --output "
+            "datasets/generated/usiigaci_train_weak.json` (or run tools/table1.py once)")
+    records = DatasetCatalog.get(weak_dataset)
+    repaired = repair_labels(boxes_of(records), dataset_truth(TRAIN_TRUTH), e.repairs)
+    out = [{"file_name": r["file_name"], "height": r["height"], "width": r["width"],
+            "annotations": [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
+                            for b in repaired[image_key(r)]]} for r in records]
+    return save_records_as_coco(out, entry_labels(e, output))
 
 
 def _weights_after(cfg_dir: str, epoch_end: int, ipe: int) -> str:
@@ -251,7 +298,7 @@ def median_box_scale(reference: dict, predictions: dict, min_score: float = 0.5,
     return label_failure_modes(reference, confident, found_iou=min_iou)["size_ratio"]
 
 
-def measure_weights(name: str, output: str, weights: str) -> dict:
+def measure_weights(name: str, output: str, weights: str, extra=()) -> dict:
     """The model of ``weights`` (a checkpoint of entry ``name``) on the target training images:
     AP vs the truth, and its box sizes against the weak labels and the truth."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -263,7 +310,8 @@ def measure_weights(name: str, output: str, weights: str) -> dict:
     from ..evaluation.box_metrics import coco_box_metrics
     from .report import dataset_truth
 
-    cfg = entry_config(entry(name), output)
+    cfg = entry_config(entry(name), output, extra)
+    _register_labels(cfg)
     model = SISSITrainer.build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     records = DatasetCatalog.get(cfg.SISSI.TARGET_DATASETS[0])
@@ -275,6 +323,15 @@ def measure_weights(name: str, output: str, weights: str) -> dict:
             "box_scale_vs_truth": median_box_scale(truth, preds)}
 
 
+def _register_labels(cfg) -> None:
+    """Register the label files of a config's SISSI.REGISTER (a retrain / repaired entry's target),
+    as tools/train_net.py does."""
+    from ..config_builder import register_from_spec
+
+    for spec in cfg.SISSI.REGISTER:
+        register_from_spec(spec)
+
+
 def _memorisation(out_dir: str) -> dict:
     path = os.path.join(out_dir, "sissi", "memorisation.json")
     if not os.path.isfile(path):
@@ -284,8 +341,9 @@ def _memorisation(out_dir: str) -> dict:
     return {k: m.get(k) for k in ("ap50", "update_epochs", "fired_epoch", "fired_by", "horizon")}
 
 
-def run_entry(name: str, output: str) -> dict:
-    """Run (or resume) one entry; returns and writes its ``study.json``."""
+def run_entry(name: str, output: str, extra=()) -> dict:
+    """Run (or resume) one entry; returns and writes its ``study.json``. ``extra``: KEY VALUE
+    overrides on top of the entry's and its parent's (``tools/experiments.py --seed``: SEED)."""
     from ..engine.trainer import SISSITrainer
     from ..data.label_files import read_label_json
     from ..evaluation.label_quality import label_set_quality
@@ -293,19 +351,22 @@ def run_entry(name: str, output: str) -> dict:
     from .rows import _branch, check_row_settings
 
     e = entry(name)
-    if e.kind == "retrain" and not os.path.isfile(retrain_labels(e, output)):
+    if e.kind == "retrain" and not os.path.isfile(entry_labels(e, output)):
         raise FileNotFoundError(
-            f"{e.name} trains on {retrain_labels(e, output)}, which does not exist: run its parent first "
+            f"{e.name} trains on {entry_labels(e, output)}, which does not exist: run its parent first "
             f"(tools/experiments.py run {e.parent} --output {output})")
+    if e.kind == "repaired":
+        write_repaired_labels(e, output)
     t0 = time.time()
     truth = dataset_truth(TRAIN_TRUTH)
     if e.kind == "fusion":
-        result = _fusion_sweep(e, output, truth)
+        result = _fusion_sweep(e, output, truth, extra)
     else:
-        cfg = entry_config(e, output)
+        cfg = entry_config(e, output, extra)
+        _register_labels(cfg)
         check_row_settings(cfg)
         if e.kind == "branch" and not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
-            parent_cfg = entry_config(entry(e.parent), output)
+            parent_cfg = entry_config(entry(e.parent), output, extra)
             ipe = _iters_per_epoch(parent_cfg)
             plan = namedtuple("Plan", "start_epoch restore_epoch")(e.start_epoch, None)
             _branch(parent_cfg.OUTPUT_DIR, cfg.OUTPUT_DIR, plan, ipe)
@@ -319,8 +380,8 @@ def run_entry(name: str, output: str) -> dict:
                   "weak_labels_vs_training_truth": quality["weak_labels"],
                   "pseudo_labels_vs_training_truth": quality["pseudo_labels"][e.name],
                   "memorisation": _memorisation(cfg.OUTPUT_DIR)}
-        if e.kind == "retrain":
-            result["trained_labels_vs_training_truth"] = label_set_quality(truth, read_label_json(retrain_labels(e, output)))
+        if e.kind in ("retrain", "repaired"):
+            result["trained_labels_vs_training_truth"] = label_set_quality(truth, read_label_json(entry_labels(e, output)))
     result.update(entry=e.name, kind=e.kind, why=e.why, minutes=round((time.time() - t0) / 60, 1))
     _write(output, e.name, "study.json", result)
     return result
@@ -340,7 +401,7 @@ def _write(output, name, fname, data):
     atomic_write_json(os.path.join(output, name, fname), data)
 
 
-def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
+def _fusion_sweep(e: Entry, output: str, truth: dict, extra=()) -> dict:
     """First-round pseudo-labels of the parent's model after epoch ``start_epoch - 1`` for every
     combination of ``e.grid`` (views computed once, fused per setting). A ``SISSI.PSEUDO.FLIPS``
     value fuses that subset of the four flip views: each view is predicted on its own (no batch
@@ -363,7 +424,7 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
     from ..algorithms.wbf import fuse_views
     from ..engine.hooks import boxes_of
 
-    parent_cfg = entry_config(entry(e.parent), output, FLIP_VIEWS)
+    parent_cfg = entry_config(entry(e.parent), output, FLIP_VIEWS + list(extra))
     model = SISSITrainer.build_model(parent_cfg)
     ipe = _iters_per_epoch(parent_cfg)
     weights = _weights_after(parent_cfg.OUTPUT_DIR, e.start_epoch - 1, ipe)
@@ -401,7 +462,7 @@ def _fusion_sweep(e: Entry, output: str, truth: dict) -> dict:
             "weak_labels_vs_training_truth": label_set_quality(truth, weak_scored)}
 
 
-def test_entry(name: str, output: str) -> dict:
+def test_entry(name: str, output: str, extra=()) -> dict:
     """Score a ``final`` entry's last model on the test set (once; the result is kept)."""
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -410,13 +471,31 @@ def test_entry(name: str, output: str) -> dict:
     e = entry(name)
     if not e.final:
         raise ValueError(f"{name} is not a final setting: the test set is not used to choose settings")
-    cfg = entry_config(e, output, ["DATASETS.TEST", f"('{TEST_SET}',)"])
+    cfg = entry_config(e, output, list(extra) + ["DATASETS.TEST", f"('{TEST_SET}',)"])
     model = SISSITrainer.build_model(cfg)
     DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     res = SISSITrainer.test(cfg, model)
     res = res.get("bbox", res.get(TEST_SET, {}).get("bbox"))
     _write(output, name, "test.json", res)
     return res
+
+
+def repair_figure(output: str, out_png: str) -> str | None:
+    """Test AP50 / AP75 / AP / AR of the trunk, of each ``repaired`` entry and of the Oracle (those
+    of them scored on the test set in ``output``); None when no repaired entry has been scored."""
+    from ..utils.visualize import plot_metric_bars
+
+    names = ["r5_weak_only_light"] + [e.name for e in ENTRIES if e.kind == "repaired"] + ["r5_oracle_light"]
+    groups = {}
+    for name in names:
+        path = os.path.join(output, name, "test.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                groups[name.replace("r6_repair_", "repaired: ").replace("r5_", "")] = json.load(f)
+    if not any(k.startswith("repaired") for k in groups):
+        return None
+    return plot_metric_bars(groups, ("AP50", "AP75", "AP", "AR"), out_png,
+                            "The recipe's trunk on the weak labels with one kind of error repaired")
 
 
 def study_report(output: str, figure_dir: str | None = None) -> str:
@@ -439,7 +518,7 @@ def study_report(output: str, figure_dir: str | None = None) -> str:
             continue
         weak_f1 = res.get("weak_labels_vs_training_truth", {}).get("F1_50", weak_f1)
         model = res.get("model_vs_training_truth", {})
-        # a retrain entry has no rounds of its own: show the labels it trained on
+        # a retrain / repaired entry has no rounds of its own: show the labels it trained on
         rounds = res.get("pseudo_labels_vs_training_truth") or [r for r in [res.get("trained_labels_vs_training_truth")] if r]
         last = rounds[-1] if rounds else {}
         mem = res.get("memorisation") or {}
@@ -461,6 +540,9 @@ def study_report(output: str, figure_dir: str | None = None) -> str:
             lines.append(markdown_table(grid, [*(k.split(".")[-1] for k in e.grid), "AP50", "AP75", "P", "R", "F1", "labels",
                                                *(["inference s", "fusion s"] if timed else [])]))
     if figure_dir:
+        png = repair_figure(output, os.path.join(figure_dir, "study_repaired_weak_labels.png"))
+        if png:
+            lines.append(f"\n![weak labels with one error repaired]({os.path.relpath(png, os.path.join(_root(), 'docs'))})\n")
         series = {}
         for e in ENTRIES:
             res = load(e.name, "study.json")

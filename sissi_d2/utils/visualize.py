@@ -256,3 +256,24 @@ def plot_label_quality(series: dict, out_png: str, reference: float | None = Non
         ax.axhline(reference, color="black", ls="--", lw=1, label=f"{reference_label} ({reference:.1f})")
     return _finish_plot(fig, ax, out_png, "epoch (labels trained on during that epoch)", f"{metric} vs true boxes (%)",
                         title or "Training labels against the truth", "best", 7)
+
+
+def plot_metric_bars(groups: dict, metrics, out_png: str, title: str, ylabel: str = "test set (%)") -> str:
+    """Grouped bars: one group per name of ``groups`` (name -> {metric: value}), one bar per metric,
+    its value written above it; a missing value leaves a gap. Returns ``out_png``."""
+    fig, ax = _new_axes()
+    fig.set_size_inches(7.5, 3.8)
+    width = 0.8 / max(len(metrics), 1)
+    for j, metric in enumerate(metrics):
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(groups))]
+        values = [groups[name].get(metric) for name in groups]
+        shown = [(x, v) for x, v in zip(xs, values) if v is not None]
+        if shown:
+            bars = ax.bar([x for x, _ in shown], [v for _, v in shown], width * 0.95, label=metric, color=f"C{j}")
+            ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(list(groups), rotation=15, ha="right", fontsize=7)
+    top = max((v for g in groups.values() for m, v in g.items() if m in metrics and v is not None), default=1.0)
+    ax.set_ylim(top=1.45 * top)  # room above the bars for the legend
+    fig.tight_layout()
+    return _finish_plot(fig, ax, out_png, "", ylabel, title, "upper left", 7)

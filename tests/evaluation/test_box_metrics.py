@@ -36,3 +36,21 @@ def test_failure_modes_of_nothing():
     truth = {"a": np.array([[0, 0, 10, 10]], float)}
     m = label_failure_modes(truth, {})
     assert m["missed_cells"] == 100.0 and m["false_positives"] == 0.0 and m["size_ratio"] is None
+
+
+def test_boxes_beyond_counts_labels_away_from_every_reference_box_and_the_cells_among_them():
+    import numpy as np
+
+    from sissi_d2.evaluation.box_metrics import boxes_beyond
+
+    gt = {"a": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], float), "b": np.zeros((0, 4))}
+    weak = {"a": np.array([[0, 0, 10, 10]], float)}
+    labels = {"a": (np.array([[1, 1, 10, 10],      # on the weak box: not beyond
+                               [20, 20, 30, 31],    # a cell the weak labels miss
+                               [52, 52, 58, 58],    # near a missed cell, IoU 0.36 < 0.5: beyond, not a cell
+                               [80, 80, 90, 90]], float), np.ones(4)),  # on no cell
+              "b": np.array([[5, 5, 9, 9]], float)}  # an image without weak labels: all of its labels are beyond
+    got = boxes_beyond(gt, weak, labels)
+    assert got == {"boxes": 4, "cells": 1, "cells_percent": 100.0 / 3}
+    assert boxes_beyond(gt, weak, labels, iou_thr=0.3)["cells"] == 2
+    assert boxes_beyond(gt, labels, labels)["boxes"] == 0  # nothing is beyond itself

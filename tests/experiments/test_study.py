@@ -125,7 +125,7 @@ def test_a_retrain_entry_trains_the_trunk_on_its_parents_last_labels(tmp_path):
     for e in (e for e in study.ENTRIES if e.kind == "retrain"):
         parent = study.entry(e.parent)
         assert parent.kind == "branch" and e.final
-        labels = study.retrain_labels(e, str(tmp_path))
+        labels = study.entry_labels(e, str(tmp_path))
         assert labels == str(tmp_path / e.parent / "sissi" / "pseudo_labels" / f"epoch_{e.start_epoch - 1:04d}.json")
         cfg = study.entry_config(e, str(tmp_path))
         assert cfg.SISSI.TARGET_DATASETS == (f"{e.parent}_e{e.start_epoch - 1}",)
@@ -137,3 +137,94 @@ def test_a_retrain_entry_trains_the_trunk_on_its_parents_last_labels(tmp_path):
         # its parent has not run: a clear error naming the file and the command, before any training
         with pytest.raises(FileNotFoundError, match=f"run {e.parent}"):
             study.run_entry(e.name, str(tmp_path))
+
+
+def test_a_repaired_entry_trains_the_trunk_on_weak_labels_repaired_from_the_truth(tmp_path):
+    from sissi_d2.data.label_repair import REPAIRS
+    from sissi_d2.experiments import study
+    from sissi_d2.experiments.rows import past_differences
+
+    repaired = [e for e in study.ENTRIES if e.kind == "repaired"]
+    assert sorted(r for e in repaired for r in e.repairs) == sorted(REPAIRS)
+    trunk = study.entry_config(study.entry("r5_weak_only_light"), str(tmp_path))
+    for e in repaired:
+        assert e.final
+        labels = study.entry_labels(e, str(tmp_path))
+        assert labels == str(tmp_path / e.name / "repaired_labels.json")
+        cfg = study.entry_config(e, str(tmp_path))
+        assert cfg.SISSI.TARGET_DATASETS == (e.name,)
+        assert cfg.SISSI.REGISTER == (f"{e.name}=coco:{labels}",)
+        # the recipe's trunk (configs/cpu/weak_only.yaml) but for the labels it trains on
+        assert set(past_differences(cfg, trunk)) == {"SISSI.TARGET_DATASETS", "SISSI.REGISTER"}
+
+
+def test_a_repaired_entry_without_weak_labels_names_the_command(tmp_path):
+    from sissi_d2.experiments import study
+
+    e = next(e for e in study.ENTRIES if e.kind == "repaired")
+    with pytest.raises(FileNotFoundError, match="make_weak_labels.py"):
+        study.write_repaired_labels(e, str(tmp_path), weak_dataset="no_such_weak_labels")
+
+
+def test_a_repaired_entrys_labels_are_written_and_registered_as_its_target(tmp_path, tiny_datasets, monkeypatch):
+    """On the tiny set: tiny_target keeps half of the cells of the images whose truth this test draws
+    again; repairing the missed cells gives every cell its box, in a data set the entry's config
+    registers under its own name."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+
+    from sissi_d2.config_builder import register_from_spec
+    from sissi_d2.data.label_files import image_key, read_label_json
+    from sissi_d2.experiments import study
+    from sissi_d2.experiments.report import dataset_truth
+
+    from ..conftest import write_tiny_dataset
+
+    truth = write_tiny_dataset(str(tmp_path / "truth"), 4, 2, 1.0)  # tiny_target's images, every box
+    DatasetCatalog.register("tiny_target_truth", lambda: [dict(r) for r in truth])
+    try:
+        monkeypatch.setattr(study, "TRAIN_TRUTH", "tiny_target_truth")
+        e = study.entry("r6_repair_missed_cells")
+        path = study.write_repaired_labels(e, str(tmp_path / "out"), weak_dataset="tiny_target")
+        written = read_label_json(path)
+        true_boxes = dataset_truth("tiny_target_truth")
+        weak = {image_key(r): len(r["annotations"]) for r in DatasetCatalog.get("tiny_target")}
+        assert sum(weak.values()) < sum(len(b) for b in true_boxes.values())  # cells were missing
+        for key, boxes in true_boxes.items():
+            got = written[key][0]
+            assert len(got) == len(boxes)  # tiny_target has no false boxes: the truth, every cell once
+            assert np.allclose(np.sort(got, axis=0), np.sort(boxes, axis=0), atol=0.01)
+        cfg = study.entry_config(e, str(tmp_path / "out"))
+        for spec in cfg.SISSI.REGISTER:
+            register_from_spec(spec)
+        assert sum(len(r["annotations"]) for r in DatasetCatalog.get(e.name)) == sum(len(b) for b in true_boxes.values())
+    finally:
+        DatasetCatalog.remove("tiny_target_truth")
+
+
+def test_another_seed_runs_in_its_own_folder_with_every_entry_and_parent_on_that_seed(tmp_path):
+    from sissi_d2.experiments import study
+
+    assert study.seed_setting(str(tmp_path), None) == (str(tmp_path), [])
+    out, extra = study.seed_setting(str(tmp_path), 3)
+    assert out == str(tmp_path / "seed3") and extra == ["SEED", "3"]
+    for name in ("r6_repair_missed_cells", "r5_weak_only_light", "r3_b12_plain_ema_vote"):
+        e = study.entry(name)
+        cfg = study.entry_config(e, out, extra)
+        assert cfg.SEED == 3 and cfg.OUTPUT_DIR == str(tmp_path / "seed3" / name)
+        assert study.entry_config(e, str(tmp_path)).SEED != 3
+
+
+def test_the_repair_figure_shows_the_scored_entries(tmp_path):
+    import json
+    import os
+
+    from sissi_d2.experiments import study
+
+    assert study.repair_figure(str(tmp_path), str(tmp_path / "f.png")) is None  # nothing scored yet
+    for name, ap50 in (("r5_weak_only_light", 52.0), ("r6_repair_missed_cells", 58.0)):
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "test.json").write_text(json.dumps({"AP50": ap50, "AP75": 8.0, "AP": 19.0, "AR": 28.0}))
+    png = study.repair_figure(str(tmp_path), str(tmp_path / "figs" / "f.png"))
+    assert png == str(tmp_path / "figs" / "f.png") and os.path.getsize(png) > 1000
+    assert "study_repaired_weak_labels.png" in study.study_report(str(tmp_path), str(tmp_path / "figs"))

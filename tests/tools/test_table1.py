@@ -62,3 +62,19 @@ def test_table1_rejects_unknown_rows(tmp_path):
     assert proc.returncode != 0
     assert "unknown row(s) ['SISSI.EPOCHS', '1']" in proc.stderr and "--rows weak_only oracle --output DIR KEY VALUE" in proc.stderr
     assert not (tmp_path / "weak_only").exists()
+
+
+def test_the_label_table_shows_what_each_rows_pseudo_labels_found_beyond_the_weak_labels():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("table1_tool", os.path.join(ROOT, "tools", "table1.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    q = {"F1_50": 60.0, "AP50": 50.0}
+    quality = {"weak_labels": q, "trunk_final_pseudo_labels": q, "pseudo_labels": {
+        "A+SISSI(S)": [dict(q, epoch=14, beyond_weak_labels={"boxes": 39, "cells": 11, "cells_percent": 0.7}),
+                       dict(q, epoch=15, beyond_weak_labels={"boxes": 52, "cells": 9, "cells_percent": 0.6})],
+        "Plain A": [dict(q, epoch=14)]}}  # a run recorded before the column existed
+    md = tool.results_markdown({"Weak-only": {"AP50": 1.0, "AP75": 1.0, "AP": 1.0, "AR": 1.0}}, quality, {})
+    assert "| 39 / 11 -> 52 / 9 |" in md
+    assert "| - -> - |" in md

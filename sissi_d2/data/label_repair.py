@@ -1,0 +1,74 @@
+"""Weak labels with one kind of error repaired from the truth: what each error costs a detector.
+
+Weak labels fail in three ways (``evaluation.box_metrics.label_failure_modes``): boxes on no cell
+(false positives), cells with no box (missed cells) and boxes on a cell that miss its extent
+(loose boxes). SISSI's correction can only pay off by repairing errors that hold the detector
+back, so an analysis-only experiment trains the detector on the weak labels with one kind
+repaired from the true labels and measures what each repair is worth (docs/experiments.md,
+entries ``r6_*``). Training never reads truth otherwise; these sets exist only for that study.
+
+Weak boxes are paired with cells exactly as ``label_failure_modes`` pairs them: one-to-one
+(Hungarian on IoU) at IoU >= ``found_iou``, so each repair removes exactly one column of its table:
+
+* ``false_positives``: the boxes paired with no cell are dropped;
+* ``missed_cells``: the true box of every cell paired with no weak box is added;
+* ``loose_boxes``: every paired weak box becomes its cell's true box.
+
+Labels are ``{image key: Nx4 XYXY boxes}`` (a ``(boxes, scores)`` pair is accepted and its scores
+dropped: a repaired set is trained on, every box alike). Pure: no model, no catalog.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ..evaluation.box_metrics import one_to_one_matches
+
+__all__ = ["REPAIRS", "repair_labels"]
+
+REPAIRS = ("false_positives", "missed_cells", "loose_boxes")
+
+
+def _boxes(value) -> np.ndarray:
+    if isinstance(value, tuple):
+        value = value[0]
+    return np.asarray(value, np.float64).reshape(-1, 4)
+
+
+def repair_labels(labels: Mapping[str, object], truth: Mapping[str, object], repairs: Iterable[str],
+                  found_iou: float = 0.3) -> dict:
+    """``labels`` with the errors named in ``repairs`` (any of :data:`REPAIRS`) repaired from ``truth``.
+
+    Every image of ``truth`` is in the result (an image without labels has none to pair, so only
+    ``missed_cells`` gives it boxes); a labelled image that ``truth`` lacks is refused, since its
+    errors cannot be told apart. Applying all three repairs gives the true boxes back."""
+    repairs = tuple(repairs)
+    unknown = [r for r in repairs if r not in REPAIRS]
+    if unknown or not repairs:
+        raise ValueError(f"repairs {list(repairs)!r}: name one or more of {list(REPAIRS)}")
+    if not 0.0 < found_iou <= 1.0:
+        raise ValueError(f"found_iou {found_iou} must be in (0, 1]")
+    extra = sorted(set(labels) - set(truth))
+    if extra:
+        raise ValueError(f"{len(extra)} labelled image(s) have no true labels to repair from, e.g. {extra[:3]}; "
+                         "the truth must cover every labelled image")
+    out = {}
+    for key, true_value in truth.items():
+        t = _boxes(true_value)
+        p = _boxes(labels.get(key, np.zeros((0, 4))))
+        i, j, _ = one_to_one_matches(t, p, found_iou)
+        paired = p[j].copy()
+        if "loose_boxes" in repairs:
+            paired = t[i].copy()
+        keep = [paired]
+        if "false_positives" not in repairs:
+            unpaired = np.ones(len(p), bool)
+            unpaired[j] = False
+            keep.append(p[unpaired])
+        if "missed_cells" in repairs:
+            missed = np.ones(len(t), bool)
+            missed[i] = False
+            keep.append(t[missed])
+        out[key] = np.concatenate(keep).reshape(-1, 4)
+    return out

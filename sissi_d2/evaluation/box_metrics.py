@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "boxes_beyond", "one_to_one_matches", "METRIC_KEYS"]
+__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "boxes_beyond", "reference_boxes_kept", "one_to_one_matches", "METRIC_KEYS"]
 
 METRIC_KEYS = ("AP50", "AP75", "AP", "AR")
 
@@ -180,3 +180,26 @@ def boxes_beyond(gt: Mapping[object, Sequence], reference: Mapping[object, objec
         cells += len(one_to_one_matches(t, p, iou_thr)[0])
         total += len(t)
     return {"boxes": boxes, "cells": cells, "cells_percent": 100.0 * cells / max(total, 1)}
+
+
+def reference_boxes_kept(gt: Mapping[object, Sequence], reference: Mapping[object, object],
+                         labels: Mapping[object, object], keep_iou: float = 0.3, found_iou: float = 0.3) -> dict:
+    """Which boxes of ``reference`` (the weak labels) ``labels`` (pseudo-labels made from them) keep:
+    a reference box is kept when a label overlaps it at IoU >= ``keep_iou``. Counted apart for the
+    reference's false positives and its boxes on cells, paired with ``gt`` as
+    :func:`label_failure_modes` pairs them (one-to-one at IoU >= ``found_iou``). A correction that
+    knows better than its labels keeps the boxes on cells and drops the false positives."""
+    from torchvision.ops import box_iou
+    import torch
+
+    fp = fp_kept = on_cells = on_cells_kept = 0
+    for key, true_boxes in gt.items():
+        t, r, p = _as_boxes(true_boxes), _label_boxes(reference, key), _label_boxes(labels, key)
+        paired = np.zeros(len(r), bool)
+        paired[one_to_one_matches(t, r, found_iou)[1]] = True
+        kept = np.zeros(len(r), bool)
+        if len(r) and len(p):
+            kept = box_iou(torch.as_tensor(r), torch.as_tensor(p)).numpy().max(axis=1) >= keep_iou
+        fp, fp_kept = fp + int((~paired).sum()), fp_kept + int((~paired & kept).sum())
+        on_cells, on_cells_kept = on_cells + int(paired.sum()), on_cells_kept + int((paired & kept).sum())
+    return {"false_positives": fp, "false_positives_kept": fp_kept, "on_cells": on_cells, "on_cells_kept": on_cells_kept}

@@ -13,7 +13,7 @@ import os
 import re
 
 from ..data.label_files import read_label_json
-from .box_metrics import boxes_beyond, coco_box_metrics, label_failure_modes, label_set_f1
+from .box_metrics import boxes_beyond, coco_box_metrics, label_failure_modes, label_set_f1, reference_boxes_kept
 
 __all__ = ["snapshot_paths", "pseudo_label_quality", "label_set_quality"]
 
@@ -40,13 +40,16 @@ def label_set_quality(gt: dict, labels: dict, max_dets: int = 400) -> dict:
 
 def pseudo_label_quality(gt: dict, output_dir: str, max_dets: int = 400, weak_labels: dict | None = None) -> list:
     """[{"epoch": e, **label_set_quality}] of every snapshot of the run in ``output_dir`` against
-    ``gt`` (file basename -> true XYXY boxes); with ``weak_labels``, also ``beyond_weak_labels``:
-    the labels away from every weak box and the cells among them (``box_metrics.boxes_beyond``)."""
+    ``gt`` (file basename -> true XYXY boxes); with ``weak_labels``, also ``beyond_weak_labels``
+    (the labels away from every weak box and the cells among them, ``box_metrics.boxes_beyond``) and
+    ``weak_labels_kept`` (the weak false positives and boxes on cells the labels keep,
+    ``box_metrics.reference_boxes_kept``)."""
     out = []
     for epoch, path in snapshot_paths(output_dir):
         labels = read_label_json(path)
         q = dict(epoch=epoch, **label_set_quality(gt, labels, max_dets))
         if weak_labels is not None:
             q["beyond_weak_labels"] = boxes_beyond(gt, weak_labels, labels)
+            q["weak_labels_kept"] = reference_boxes_kept(gt, weak_labels, labels)
         out.append(q)
     return out

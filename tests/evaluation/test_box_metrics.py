@@ -54,3 +54,16 @@ def test_boxes_beyond_counts_labels_away_from_every_reference_box_and_the_cells_
     assert got == {"boxes": 4, "cells": 1, "cells_percent": 100.0 / 3}
     assert boxes_beyond(gt, weak, labels, iou_thr=0.3)["cells"] == 2
     assert boxes_beyond(gt, labels, labels)["boxes"] == 0  # nothing is beyond itself
+
+
+def test_reference_boxes_kept_splits_the_kept_weak_boxes_into_false_positives_and_boxes_on_cells():
+    import numpy as np
+
+    from sissi_d2.evaluation.box_metrics import reference_boxes_kept
+
+    gt = {"a": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)}
+    weak = {"a": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60], [80, 80, 90, 90]], float)}
+    labels = {"a": (np.array([[0, 0, 10, 11], [50, 50, 61, 60], [200, 200, 210, 210]], float), np.ones(3))}
+    assert reference_boxes_kept(gt, weak, labels) == {"false_positives": 2, "false_positives_kept": 1,
+                                                      "on_cells": 2, "on_cells_kept": 1}
+    assert reference_boxes_kept(gt, weak, {})["on_cells_kept"] == 0

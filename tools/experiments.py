@@ -36,7 +36,7 @@ def main():
 
     if args.action == "list":
         for e in study.ENTRIES:
-            print(f"{e.name:22s} {e.kind:7s} {'final ' if e.final else ''}{e.why}")
+            print(f"{e.name:25s} {e.kind:8s} {'final ' if e.final else ''}{e.why}")
         return
     out, extra = study.seed_setting(args.output, args.seed)
     if args.action == "report":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from .paths import GET_DATA_HELP
 
 __all__ = [
     "IMAGE_EXTENSIONS", "NON_IMAGE_SUFFIXES", "image_key", "image_stem", "is_image_file", "list_image_files",
-    "make_record", "check_unique_ids", "read_coco_json", "load_coco_boxes", "read_label_json", "records_to_coco",
+    "make_record", "check_unique_ids", "read_coco_json", "load_coco_boxes", "read_label_json", "records_with_boxes", "records_to_coco",
     "save_records_as_coco", "detections_to_coco", "write_coco_json", "read_point_file", "load_point_boxes",
 ]
 
@@ -205,6 +205,21 @@ def read_label_json(path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # COCO json out
 # ---------------------------------------------------------------------------------------------
+def records_with_boxes(records: Sequence[dict], labels: Mapping[str, object]) -> list:
+    """Copies of ``records`` (image fields only) with the boxes of ``labels`` (image key -> Nx4 XYXY)
+    as their annotations, in the records' order; an image that ``labels`` lacks is left out."""
+    BoxMode = _box_mode()
+    out = []
+    for r in records:
+        boxes = labels.get(image_key(r))
+        if boxes is None:
+            continue
+        anns = [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0} for b in boxes]
+        out.append({"file_name": r["file_name"], "height": r["height"], "width": r["width"],
+                    "image_id": r["image_id"], "annotations": anns})
+    return out
+
+
 def records_to_coco(records: Sequence[dict], categories: Sequence[str] = ("cell",), image_root=None) -> dict:
     """COCO detection dict (images / annotations / categories) of dataset dicts.
 

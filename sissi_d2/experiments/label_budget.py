@@ -183,30 +183,13 @@ def _point_of(plan: Plan, name: str) -> Degradation | None:
     return next((p for p in plan.points if p.name == name), None)
 
 
-def _records_with(records: list, labels: dict) -> list:
-    """The records of the images in ``labels`` with those boxes (XYXY_ABS), in the truth's order."""
-    from detectron2.structures import BoxMode
-
-    from ..data.label_files import image_key
-
-    out = []
-    for r in records:
-        boxes = labels.get(image_key(r))
-        if boxes is None:
-            continue  # an image left out of the set
-        anns = [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0} for b in boxes]
-        out.append({"file_name": r["file_name"], "height": r["height"], "width": r["width"],
-                    "image_id": r["image_id"], "annotations": anns})
-    return out
-
-
 def write_label_set(name: str, records: list, labels: dict, folder: str) -> tuple:
     """Write one label set as COCO json (``folder/labels.json``, absolute image paths) and register
     it as ``label_budget_<name>``; returns (data set name, json path, content hash)."""
     from ..data.datasets import register_sissi_dataset, unregister_sissi_dataset
-    from ..data.label_files import records_to_coco, write_coco_json
+    from ..data.label_files import records_to_coco, records_with_boxes, write_coco_json
 
-    coco = records_to_coco(_records_with(records, labels))
+    coco = records_to_coco(records_with_boxes(records, labels))
     digest = hashlib.sha1(json.dumps(coco, sort_keys=True).encode()).hexdigest()[:16]
     path = write_coco_json(os.path.join(folder, "labels.json"), coco)
     dataset = DATASET_PREFIX + name

@@ -239,9 +239,8 @@ def write_repaired_labels(e: Entry, output: str, weak_dataset: str = "usiigaci_t
     """Write a ``repaired`` entry's labels: the weak labels of ``weak_dataset`` with ``e.repairs``
     repaired from the training truth. Rewritten on every run (deterministic, seconds)."""
     from detectron2.data import DatasetCatalog
-    from detectron2.structures import BoxMode
 
-    from ..data.label_files import image_key, save_records_as_coco
+    from ..data.label_files import records_with_boxes, save_records_as_coco
     from ..data.label_repair import repair_labels
     from ..engine.hooks import boxes_of
     from .report import dataset_truth
@@ -253,10 +252,7 @@ def write_repaired_labels(e: Entry, output: str, weak_dataset: str = "usiigaci_t
             "datasets/generated/usiigaci_train_weak.json` (or run tools/table1.py once)")
     records = DatasetCatalog.get(weak_dataset)
     repaired = repair_labels(boxes_of(records), dataset_truth(TRAIN_TRUTH), e.repairs)
-    out = [{"file_name": r["file_name"], "height": r["height"], "width": r["width"],
-            "annotations": [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}
-                            for b in repaired[image_key(r)]]} for r in records]
-    return save_records_as_coco(out, entry_labels(e, output))
+    return save_records_as_coco(records_with_boxes(records, repaired), entry_labels(e, output))
 
 
 def _weights_after(cfg_dir: str, epoch_end: int, ipe: int) -> str:

@@ -161,6 +161,16 @@ def label_failure_modes(gt: Mapping[object, Sequence], labels: Mapping[object, o
             "cells": cells, "labels": labelled}
 
 
+def _max_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each of ``boxes``, its highest IoU with any of ``others`` (0 when there are none)."""
+    from torchvision.ops import box_iou
+    import torch
+
+    if not len(boxes) or not len(others):
+        return np.zeros(len(boxes))
+    return box_iou(torch.as_tensor(boxes), torch.as_tensor(others)).numpy().max(axis=1)
+
+
 def boxes_beyond(gt: Mapping[object, Sequence], reference: Mapping[object, object], labels: Mapping[object, object],
                  max_iou: float = 0.1, iou_thr: float = 0.5) -> dict:
     """What ``labels`` found away from every box of ``reference`` (e.g. pseudo-labels beyond the weak
@@ -168,14 +178,10 @@ def boxes_beyond(gt: Mapping[object, Sequence], reference: Mapping[object, objec
     below ``max_iou``, and how many of them are cells (one-to-one with ``gt`` at IoU >= ``iou_thr``).
     ``cells_percent``: those cells in percent of all true cells, the recall such labels could add.
     Correction can only teach a detector cells its weak labels miss if it finds them here."""
-    from torchvision.ops import box_iou
-    import torch
-
     boxes = cells = total = 0
     for key, true_boxes in gt.items():
         t, p, r = _as_boxes(true_boxes), _label_boxes(labels, key), _label_boxes(reference, key)
-        if len(p) and len(r):
-            p = p[box_iou(torch.as_tensor(p), torch.as_tensor(r)).numpy().max(axis=1) < max_iou]
+        p = p[_max_iou(p, r) < max_iou]
         boxes += len(p)
         cells += len(one_to_one_matches(t, p, iou_thr)[0])
         total += len(t)
@@ -189,17 +195,12 @@ def reference_boxes_kept(gt: Mapping[object, Sequence], reference: Mapping[objec
     reference's false positives and its boxes on cells, paired with ``gt`` as
     :func:`label_failure_modes` pairs them (one-to-one at IoU >= ``found_iou``). A correction that
     knows better than its labels keeps the boxes on cells and drops the false positives."""
-    from torchvision.ops import box_iou
-    import torch
-
     fp = fp_kept = on_cells = on_cells_kept = 0
     for key, true_boxes in gt.items():
         t, r, p = _as_boxes(true_boxes), _label_boxes(reference, key), _label_boxes(labels, key)
         paired = np.zeros(len(r), bool)
         paired[one_to_one_matches(t, r, found_iou)[1]] = True
-        kept = np.zeros(len(r), bool)
-        if len(r) and len(p):
-            kept = box_iou(torch.as_tensor(r), torch.as_tensor(p)).numpy().max(axis=1) >= keep_iou
+        kept = _max_iou(r, p) >= keep_iou
         fp, fp_kept = fp + int((~paired).sum()), fp_kept + int((~paired & kept).sum())
         on_cells, on_cells_kept = on_cells + int(paired.sum()), on_cells_kept + int((paired & kept).sum())
     return {"false_positives": fp, "false_positives_kept": fp_kept, "on_cells": on_cells, "on_cells_kept": on_cells_kept}

@@ -74,10 +74,18 @@ def tiny_datasets(tmp_path_factory):
     return root
 
 
+TINY_BASE_CONFIG = os.path.join(ROOT, "configs", "cpu", "Base-SISSI-CPU.yaml")
+
+
 def tiny_config(output_dir, *opts):
     """The lean CPU model shrunk further: 96 px input, 3 epochs of 2 iterations."""
     from sissi_d2.config_builder import build_config
 
+    return build_config(TINY_BASE_CONFIG, tiny_opts(output_dir, *opts))
+
+
+def tiny_opts(output_dir, *opts) -> list:
+    """The overrides of TINY_BASE_CONFIG that make ``tiny_config``."""
     base = [
         "MODEL.RESNETS.DEPTH", "18", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
         "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
@@ -94,4 +102,4 @@ def tiny_config(output_dir, *opts):
         "SISSI.PSEUDO.SCORE_THRESH", "0.0", "SISSI.PSEUDO.TOPK", "20",
         "OUTPUT_DIR", str(output_dir), "MODEL.DEVICE", "cpu",
     ]
-    return build_config(os.path.join(ROOT, "configs", "cpu", "Base-SISSI-CPU.yaml"), base + list(opts))
+    return base + list(opts)

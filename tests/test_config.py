@@ -48,3 +48,14 @@ def test_cuda_device_falls_back_to_cpu(caplog):
 
     cfg = build_config(os.path.join(ROOT, "configs", "sissi_s.yaml"), ["MODEL.DEVICE", "cuda"])
     assert cfg.MODEL.DEVICE == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_the_source_pretraining_stage_is_the_rows_model_and_reads_nothing_of_the_target():
+    """Its weights must load into every CPU row without a missing key, and the stage must not see the
+    target images (tools/table1.py --pretrain)."""
+    stage = build_config(os.path.join(ROOT, "configs", "cpu", "pretrain_source.yaml"))
+    for row in ("weak_only", "adele_sissi_s", "oracle"):
+        assert stage.MODEL == build_config(os.path.join(ROOT, "configs", "cpu", row + ".yaml")).MODEL
+    read = stage.SISSI.SOURCE_DATASETS + stage.SISSI.TARGET_DATASETS + stage.SISSI.SOURCE_VAL_DATASETS + stage.DATASETS.TEST
+    assert read and not any("usiigaci" in name for name in read)
+    assert stage.SISSI.START_RULE == "never" and not stage.SISSI.ADELE.TRACK

@@ -4,6 +4,7 @@
   python tools/table1.py --output output/table1                 # lean CPU rows (configs/cpu/)
   python tools/table1.py --output output/table1 --configs configs   # paper rows (GPU)
   python tools/table1.py --output output/table1 SISSI.EPOCHS 12     # any config override
+  python tools/table1.py --output output/table1 --pretrain configs/cpu/pretrain_source.yaml   # shared pretraining
 
 Weak labels of the 25 target training images come from the classical pipelines
 (tools/make_weak_labels.py), never from the oracle masks. Rows: the weak labels themselves as
@@ -68,6 +69,11 @@ def main():
                         help="rows trained at once, each in its own process sharing the cores (default: 2 on a CPU "
                              "with 2 or more cores, 1 on a GPU; docs/performance.md)")
     parser.add_argument("--weak-args", nargs="*", default=[], help="extra arguments for make_weak_labels.py")
+    parser.add_argument("--pretrain", default=None, metavar="CONFIG",
+                        help="a pretraining stage shared by every row (sissi_d2/experiments/pretrain.py): trained once "
+                             "with CONFIG (on the rows' MODEL.DEVICE; other settings: a config with _BASE_), cached "
+                             "under a key of its settings in <cache>/pretrain, given to every row as MODEL.WEIGHTS; "
+                             "e.g. configs/cpu/pretrain_source.yaml")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every row")
     args = parser.parse_args()
     try:
@@ -94,10 +100,11 @@ def main():
     weak_json = weak_labels_json(args)
     register_shared_datasets()
 
+    t0 = time.time()
+    opts = list(args.opts) + pretrain_opts(args)
     # The trunk records the memorisation curve for the ADELE rows and the report's figure (the
     # paper configs leave it off); every other row records what its own rule reads.
-    cfgs = row_configs(wanted, args.configs, out, list(args.opts), trunk_opts=["SISSI.ADELE.TRACK", "True"])
-    t0 = time.time()
+    cfgs = row_configs(wanted, args.configs, out, opts, trunk_opts=["SISSI.ADELE.TRACK", "True"])
     jobs = args.jobs if args.jobs is not None else default_jobs(cfgs.values())
     summary = run_rows(cfgs, trunk=TRUNK, jobs=jobs)
     train_s = time.time() - t0
@@ -113,12 +120,35 @@ def main():
     figures = make_figures(out, summary, names, quality, weak_json)
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
-        "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s, "jobs": jobs})
+        "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s, "jobs": jobs,
+        "pretrain": pretrain_record(opts[opts.index("MODEL.WEIGHTS") + 1]) if args.pretrain else None})
     text = results_markdown(table, quality, figures)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
     print(text)
     print(json.dumps({"output": out}))
+
+
+def pretrain_opts(args) -> list:
+    """["MODEL.WEIGHTS", <the stage's weights>] after training the stage if it is not cached; [] without
+    --pretrain. The stage runs on the rows' MODEL.DEVICE."""
+    if not args.pretrain:
+        return []
+    from sissi_d2.data.paths import cache_dir
+    from sissi_d2.experiments.pretrain import pretrained_weights
+
+    stage_opts = []
+    if "MODEL.DEVICE" in args.opts[:-1]:
+        stage_opts = ["MODEL.DEVICE", args.opts[args.opts.index("MODEL.DEVICE") + 1]]
+    return ["MODEL.WEIGHTS", pretrained_weights(args.pretrain, os.path.join(cache_dir(), "pretrain"), stage_opts)]
+
+
+def pretrain_record(weights: str) -> dict:
+    """The stage's weights and its record (key, settings, iterations, seconds, source metrics)."""
+    from sissi_d2.experiments.pretrain import RECORD_NAME
+
+    with open(os.path.join(os.path.dirname(weights), RECORD_NAME), encoding="utf-8") as f:
+        return {"weights": weights, **json.load(f)}
 
 
 def label_quality(weak_json: str, summary: dict, names: dict, trunk_cfg) -> dict:
@@ -139,18 +169,24 @@ def label_quality(weak_json: str, summary: dict, names: dict, trunk_cfg) -> dict
     model = build_inference_model(trunk_cfg, os.path.join(trunk_cfg.OUTPUT_DIR, "model_final.pth"))
     trunk_labels = RecordPredictor(trunk_cfg).pseudo_labels(model, DatasetCatalog.get(trunk_cfg.SISSI.TARGET_DATASETS[0]),
                                                              desc="pseudo-labels of the trunk's final model")
-    return {"weak_labels": _label_columns(q["weak_labels"]),
-            "trunk_final_pseudo_labels": _label_columns(label_set_quality(gt, trunk_labels, max_dets=400)),
+    return label_quality_columns(q, label_set_quality(gt, trunk_labels, max_dets=400))
+
+
+def label_quality_columns(training_quality: dict, trunk_quality: dict) -> dict:
+    """What results.json and the label table keep of ``report.training_label_quality`` and of the
+    trunk's own labels' quality."""
+    return {"weak_labels": _label_columns(training_quality["weak_labels"]),
+            "trunk_final_pseudo_labels": _label_columns(trunk_quality),
             "pseudo_labels": {name: [{"epoch": s["epoch"], **_label_columns(s)} for s in qs]
-                              for name, qs in q["pseudo_labels"].items()}}
+                              for name, qs in training_quality["pseudo_labels"].items()}}
 
 
 def _label_columns(quality: dict) -> dict:
     """What results.json keeps of a label set's quality: AP (ranked), F1 at IoU 0.5 (what training
-    sees) and the failure modes."""
+    sees), the failure modes and, for pseudo-labels, what they hold beyond the weak labels."""
     keys = ("AP50", "AP75", "AP", "AR", "F1_50", "precision50", "recall50", "missed_cells", "false_positives",
-            "loose_boxes")
-    return {k: quality.get(k) for k in keys}
+            "loose_boxes", "beyond_weak_labels", "weak_labels_kept")
+    return {k: quality[k] for k in keys if k in quality}
 
 
 def make_figures(out: str, summary: dict, names: dict, quality: dict, weak_json: str) -> dict:

@@ -70,11 +70,35 @@ def test_the_label_table_shows_what_each_rows_pseudo_labels_found_beyond_the_wea
     spec = importlib.util.spec_from_file_location("table1_tool", os.path.join(ROOT, "tools", "table1.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    q = {"F1_50": 60.0, "AP50": 50.0}
-    quality = {"weak_labels": q, "trunk_final_pseudo_labels": q, "pseudo_labels": {
+    q = {"F1_50": 60.0, "AP50": 50.0, "size_ratio": 1.1}
+    training_quality = {"weak_labels": q, "pseudo_labels": {  # as report.training_label_quality gives it
         "A+SISSI(S)": [dict(q, epoch=14, beyond_weak_labels={"boxes": 39, "cells": 11, "cells_percent": 0.7}),
                        dict(q, epoch=15, beyond_weak_labels={"boxes": 52, "cells": 9, "cells_percent": 0.6})],
         "Plain A": [dict(q, epoch=14)]}}  # a run recorded before the column existed
+    # what results.json and the markdown keep of it: the beyond column survives
+    quality = tool.label_quality_columns(training_quality, q)
+    assert "size_ratio" not in quality["weak_labels"]
     md = tool.results_markdown({"Weak-only": {"AP50": 1.0, "AP75": 1.0, "AP": 1.0, "AR": 1.0}}, quality, {})
     assert "| 39 / 11 -> 52 / 9 |" in md
     assert "| - -> - |" in md
+
+
+def test_pretrain_gives_every_row_the_stage_weights_and_runs_the_stage_on_the_rows_device(monkeypatch):
+    import argparse
+    import importlib.util
+
+    import sissi_d2.experiments.pretrain as pretrain
+
+    spec = importlib.util.spec_from_file_location("table1_tool", os.path.join(ROOT, "tools", "table1.py"))
+    table1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table1)
+    calls = []
+    monkeypatch.setattr(pretrain, "pretrained_weights",
+                        lambda config, cache, opts: calls.append((config, cache, opts)) or "/stage/model_final.pth")
+    assert table1.pretrain_opts(argparse.Namespace(pretrain=None, opts=["MODEL.DEVICE", "cuda"])) == []
+    assert calls == []
+    args = argparse.Namespace(pretrain="configs/cpu/pretrain_source.yaml", opts=["SEED", "2", "MODEL.DEVICE", "cuda"])
+    assert table1.pretrain_opts(args) == ["MODEL.WEIGHTS", "/stage/model_final.pth"]
+    (config, cache, opts), = calls
+    assert config == "configs/cpu/pretrain_source.yaml" and cache.endswith("pretrain")
+    assert opts == ["MODEL.DEVICE", "cuda"]  # the rows' device, not their seed

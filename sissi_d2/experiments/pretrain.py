@@ -1,0 +1,108 @@
+"""A pretraining stage shared by every row of a table: the CPU stand-in for model-zoo weights.
+
+Every row of the paper's Table 1 starts from the same COCO-pretrained Faster R-CNN. Nothing can be
+downloaded here, so the rows train from scratch, and the project measured that such a trunk knows
+nothing beyond its weak labels (docs/results.md, "Which premise fails"). The stand-in is the
+recipe's model trained once on something other than the target's weak labels (for example
+``configs/cpu/pretrain_source.yaml``: the labelled source alone) and handed to every row as
+``MODEL.WEIGHTS``, as the paper's rows share their pretrained weights.
+
+The stage is cached under a key of its settings (:func:`pretrain_key`): a second table, or rows
+with other settings, reuse it; another pretraining setting trains another one. A killed stage
+resumes from its last checkpoint (the trainer's atomic checkpoints), and it logs its progress with
+Detectron2's ETA like any row. Users who have model-zoo files keep passing ``MODEL.WEIGHTS``
+themselves instead.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import os
+import time
+
+from ..config_builder import build_config, register_known_datasets
+from ..utils.atomic import atomic_write_json
+
+__all__ = ["pretrain_key", "pretrain_dir", "pretrained_weights", "WEIGHTS_NAME", "RECORD_NAME"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model_final.pth"
+RECORD_NAME = "pretrain.json"
+
+
+def pretrain_key(cfg) -> str:
+    """A short hash of every setting of the stage except where it writes (``OUTPUT_DIR``).
+
+    Settings that cannot change the weights (the disk check, say) are in the key too: a changed
+    one trains the stage again, which costs minutes; leaving out one that does reach the weights
+    would hand rows the wrong ones."""
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR = ""
+    return hashlib.sha256(c.dump().encode("utf-8")).hexdigest()[:16]
+
+
+def pretrain_dir(cfg, cache_root: str) -> str:
+    """The folder of the stage with these settings: ``<cache_root>/<key>``."""
+    return os.path.join(cache_root, pretrain_key(cfg))
+
+
+def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=None) -> str:
+    """Path of the stage's final weights, training (or resuming) it first when they are missing.
+
+    Writes ``<cache_root>/<key>/``: ``config.yaml``, the trainer's checkpoints while it trains (the
+    newest kept, ``SISSI.DISK``; dropped once it is done), ``model_final.pth`` and ``pretrain.json`` (key, command settings, the
+    iteration it resumed from, seconds of this call, and its metrics on ``DATASETS.TEST`` when the
+    config names a test set).
+    """
+    cfg = build_config(config_file, opts, freeze=False)
+    out = pretrain_dir(cfg, cache_root)
+    final = os.path.join(out, WEIGHTS_NAME)
+    if os.path.isfile(os.path.join(out, RECORD_NAME)) and os.path.isfile(final):
+        logger.info("Pretraining stage %s: reusing %s", os.path.basename(out), final)
+        return final
+    cfg.OUTPUT_DIR = out
+    cfg.freeze()
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    register_known_datasets(cfg)
+    if trainer_cls is None:
+        from ..engine.trainer import SISSITrainer as trainer_cls
+    logger.info("Pretraining stage %s (%s%s) -> %s; run the same command again to resume it if it is stopped",
+                os.path.basename(out), config_file, " " + " ".join(map(str, opts)) if opts else "", out)
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=True)
+    resumed_from = trainer.start_iter
+    started = time.perf_counter()
+    if trainer.start_iter < trainer.max_iter:
+        trainer.train()
+    metrics = {}
+    if cfg.DATASETS.TEST:
+        results = trainer_cls.test(cfg, trainer.model)
+        if "bbox" in results:  # Detectron2 unwraps the results of a single test set
+            results = {cfg.DATASETS.TEST[0]: results}
+        metrics = {ds: res["bbox"] for ds, res in results.items()}
+    record = {"key": os.path.basename(out), "config_file": config_file, "opts": list(map(str, opts)),
+              "iterations": trainer.max_iter, "resumed_from_iteration": resumed_from, "seconds": round(time.perf_counter() - started, 1), "metrics": metrics}
+    del trainer
+    gc.collect()
+    if not os.path.isfile(final):
+        raise RuntimeError(f"Pretraining stage in {out} ended without {WEIGHTS_NAME}: see its log")
+    _drop_resume_checkpoints(out)
+    atomic_write_json(os.path.join(out, RECORD_NAME), record)
+    return final
+
+
+def _drop_resume_checkpoints(out: str) -> None:
+    """A finished stage needs only its final weights: the checkpoints kept to resume it (one model
+    each, ~95 MB for the CPU recipe) go, and ``last_checkpoint`` names the final weights."""
+    from ..utils.atomic import atomic_open
+
+    for name in os.listdir(out):
+        if name.startswith("model_") and name.endswith(".pth") and name != WEIGHTS_NAME:
+            os.remove(os.path.join(out, name))
+    with atomic_open(os.path.join(out, "last_checkpoint")) as f:
+        f.write(WEIGHTS_NAME)

@@ -19,10 +19,10 @@ import gc
 import hashlib
 import logging
 import os
-import time
 
 from ..config_builder import build_config, register_known_datasets
-from ..utils.atomic import atomic_write_json
+from ..utils.atomic import atomic_open, atomic_write_json
+from .rows import train_row
 
 __all__ = ["pretrain_key", "pretrain_dir", "pretrained_weights", "WEIGHTS_NAME", "RECORD_NAME"]
 
@@ -52,10 +52,10 @@ def pretrain_dir(cfg, cache_root: str) -> str:
 def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=None) -> str:
     """Path of the stage's final weights, training (or resuming) it first when they are missing.
 
-    Writes ``<cache_root>/<key>/``: ``config.yaml``, the trainer's checkpoints while it trains (the
-    newest kept, ``SISSI.DISK``; dropped once it is done), ``model_final.pth`` and ``pretrain.json`` (key, command settings, the
-    iteration it resumed from, seconds of this call, and its metrics on ``DATASETS.TEST`` when the
-    config names a test set).
+    Writes ``<cache_root>/<key>/``: ``config.yaml``, the trainer's checkpoints while it trains
+    (the newest kept, ``SISSI.DISK``; dropped once it is done), ``model_final.pth`` and
+    ``pretrain.json``: key, command settings, the iteration it resumed from, seconds of training
+    in this call, and its metrics on ``DATASETS.TEST`` when the config names a test set.
     """
     cfg = build_config(config_file, opts, freeze=False)
     out = pretrain_dir(cfg, cache_root)
@@ -66,31 +66,19 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
     cfg.OUTPUT_DIR = out
     cfg.freeze()
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.yaml"), "w") as f:
+    with atomic_open(os.path.join(out, "config.yaml")) as f:
         f.write(cfg.dump())
     register_known_datasets(cfg)
-    if trainer_cls is None:
-        from ..engine.trainer import SISSITrainer as trainer_cls
     logger.info("Pretraining stage %s (%s%s) -> %s; run the same command again to resume it if it is stopped",
                 os.path.basename(out), config_file, " " + " ".join(map(str, opts)) if opts else "", out)
-    trainer = trainer_cls(cfg)
-    trainer.resume_or_load(resume=True)
-    resumed_from = trainer.start_iter
-    started = time.perf_counter()
-    if trainer.start_iter < trainer.max_iter:
-        trainer.train()
-    metrics = {}
-    if cfg.DATASETS.TEST:
-        results = trainer_cls.test(cfg, trainer.model)
-        if "bbox" in results:  # Detectron2 unwraps the results of a single test set
-            results = {cfg.DATASETS.TEST[0]: results}
-        metrics = {ds: res["bbox"] for ds, res in results.items()}
-    record = {"key": os.path.basename(out), "config_file": config_file, "opts": list(map(str, opts)),
-              "iterations": trainer.max_iter, "resumed_from_iteration": resumed_from, "seconds": round(time.perf_counter() - started, 1), "metrics": metrics}
-    del trainer
+    result = train_row("pretrain", cfg, trainer_cls=trainer_cls)
     gc.collect()
     if not os.path.isfile(final):
         raise RuntimeError(f"Pretraining stage in {out} ended without {WEIGHTS_NAME}: see its log")
+    total = result["iters_per_epoch"] * int(cfg.SISSI.EPOCHS)
+    record = {"key": os.path.basename(out), "config_file": config_file, "opts": list(map(str, opts)),
+              "iterations": total, "resumed_from_iteration": total - result["iterations"],
+              "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}
     _drop_resume_checkpoints(out)
     atomic_write_json(os.path.join(out, RECORD_NAME), record)
     return final
@@ -99,8 +87,6 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
 def _drop_resume_checkpoints(out: str) -> None:
     """A finished stage needs only its final weights: the checkpoints kept to resume it (one model
     each, ~95 MB for the CPU recipe) go, and ``last_checkpoint`` names the final weights."""
-    from ..utils.atomic import atomic_open
-
     for name in os.listdir(out):
         if name.startswith("model_") and name.endswith(".pth") and name != WEIGHTS_NAME:
             os.remove(os.path.join(out, name))

@@ -101,7 +101,8 @@ def main():
     register_shared_datasets()
 
     t0 = time.time()
-    opts = list(args.opts) + pretrain_opts(args)
+    stage = pretrain_opts(args)
+    opts = list(args.opts) + stage
     # The trunk records the memorisation curve for the ADELE rows and the report's figure (the
     # paper configs leave it off); every other row records what its own rule reads.
     cfgs = row_configs(wanted, args.configs, out, opts, trunk_opts=["SISSI.ADELE.TRACK", "True"])
@@ -121,7 +122,7 @@ def main():
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
         "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s, "jobs": jobs,
-        "pretrain": pretrain_record(opts[opts.index("MODEL.WEIGHTS") + 1]) if args.pretrain else None})
+        "pretrain": pretrain_record(stage[1]) if stage else None})
     text = results_markdown(table, quality, figures)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
@@ -134,6 +135,9 @@ def pretrain_opts(args) -> list:
     --pretrain. The stage runs on the rows' MODEL.DEVICE."""
     if not args.pretrain:
         return []
+    if "MODEL.WEIGHTS" in args.opts[:-1]:
+        sys.exit("--pretrain gives every row the stage's MODEL.WEIGHTS: drop MODEL.WEIGHTS from the overrides, "
+                 "or drop --pretrain to start the rows from your weights")
     from sissi_d2.data.paths import cache_dir
     from sissi_d2.experiments.pretrain import pretrained_weights
 

@@ -102,3 +102,7 @@ def test_pretrain_gives_every_row_the_stage_weights_and_runs_the_stage_on_the_ro
     (config, cache, opts), = calls
     assert config == "configs/cpu/pretrain_source.yaml" and cache.endswith("pretrain")
     assert opts == ["MODEL.DEVICE", "cuda"]  # the rows' device, not their seed
+    with pytest.raises(SystemExit, match="drop MODEL.WEIGHTS"):  # two weights for the rows: refused, not guessed
+        table1.pretrain_opts(argparse.Namespace(pretrain="configs/cpu/pretrain_source.yaml",
+                                                opts=["MODEL.WEIGHTS", "zoo.pth"]))
+    assert len(calls) == 1

@@ -87,6 +87,7 @@ def main():
     from sissi_d2.data.builtin import register_shared_datasets
     from sissi_d2.data.paths import shared_data_root
     from sissi_d2.experiments import report
+    from sissi_d2.experiments.pretrain import stage_record
     from sissi_d2.experiments.row_jobs import default_jobs
     from sissi_d2.experiments.rows import run_rows
     from sissi_d2.utils.atomic import atomic_write_json
@@ -122,7 +123,7 @@ def main():
     atomic_write_json(os.path.join(out, "results.json"), {
         "rows": table, "label_quality": quality, "figures": figures, "configs": args.configs, "opts": args.opts,
         "command": " ".join(["python"] + sys.argv), "rows_wall_time_s": train_s, "jobs": jobs,
-        "pretrain": pretrain_record(stage[1]) if stage else None})
+        "pretrain": stage_record(stage[1]) if stage else None})
     text = results_markdown(table, quality, figures)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
@@ -145,14 +146,6 @@ def pretrain_opts(args) -> list:
     if "MODEL.DEVICE" in args.opts[:-1]:
         stage_opts = ["MODEL.DEVICE", args.opts[args.opts.index("MODEL.DEVICE") + 1]]
     return ["MODEL.WEIGHTS", pretrained_weights(args.pretrain, os.path.join(cache_dir(), "pretrain"), stage_opts)]
-
-
-def pretrain_record(weights: str) -> dict:
-    """The stage's weights and its record (key, settings, iterations, seconds, source metrics)."""
-    from sissi_d2.experiments.pretrain import RECORD_NAME
-
-    with open(os.path.join(os.path.dirname(weights), RECORD_NAME), encoding="utf-8") as f:
-        return {"weights": weights, **json.load(f)}
 
 
 def label_quality(weak_json: str, summary: dict, names: dict, trunk_cfg) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import os
 
@@ -24,7 +25,7 @@ from ..config_builder import build_config, register_known_datasets
 from ..utils.atomic import atomic_open, atomic_write_json
 from .rows import train_row
 
-__all__ = ["pretrain_key", "pretrain_dir", "pretrained_weights", "WEIGHTS_NAME", "RECORD_NAME"]
+__all__ = ["pretrain_key", "pretrain_dir", "pretrained_weights", "stage_record", "WEIGHTS_NAME", "RECORD_NAME"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,13 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
     _drop_resume_checkpoints(out)
     atomic_write_json(os.path.join(out, RECORD_NAME), record)
     return final
+
+
+def stage_record(weights: str) -> dict:
+    """What a finished stage recorded (``pretrain.json``: key, settings, iterations, seconds, metrics),
+    with the path of its final ``weights``."""
+    with open(os.path.join(os.path.dirname(weights), RECORD_NAME), encoding="utf-8") as f:
+        return {"weights": weights, **json.load(f)}
 
 
 def _drop_resume_checkpoints(out: str) -> None:

@@ -8,7 +8,8 @@ from detectron2.engine import HookBase
 
 from sissi_d2.config_builder import build_config
 from sissi_d2.engine.trainer import SISSITrainer
-from sissi_d2.experiments.pretrain import RECORD_NAME, WEIGHTS_NAME, pretrain_dir, pretrain_key, pretrained_weights
+from sissi_d2.experiments.pretrain import (RECORD_NAME, WEIGHTS_NAME, pretrain_dir, pretrain_key, pretrained_weights,
+                                           stage_record)
 from tests.conftest import TINY_BASE_CONFIG, tiny_config, tiny_opts
 
 
@@ -57,6 +58,7 @@ def test_a_killed_stage_resumes_then_is_reused_and_rows_start_from_its_weights(t
     assert weights == os.path.join(out, WEIGHTS_NAME) and os.path.isfile(weights)
     assert record["resumed_from_iteration"] == 3 and record["iterations"] == 9
     assert record["key"] == os.path.basename(out)
+    assert stage_record(weights) == {"weights": weights, **record}  # what table1 puts in results.json
     # done: only the final weights stay (no resume checkpoints), and they are what a resume finds
     assert sorted(n for n in os.listdir(out) if n.endswith(".pth")) == [WEIGHTS_NAME]
     assert open(os.path.join(out, "last_checkpoint")).read() == WEIGHTS_NAME

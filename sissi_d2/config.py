@@ -170,4 +170,15 @@ def add_sissi_config(cfg):
     _C.SISSI.SYNTH.FEATHER = 3  # px of the soft patch edge
     # Patches kept per epoch (cut from whole images, chosen by seed and epoch, until this many).
     _C.SISSI.SYNTH.MAX_PATCHES = 4000
+
+    # ---- the masked-image pretext (MODEL.META_ARCHITECTURE "MaskedImagePretext",
+    # sissi_d2/modeling/masked_pretext.py): a self-supervised stage, not a detector ----
+    _C.MODEL.MASKED_PRETEXT = CN()
+    # The backbone level the decoder paints from; "" = the finest one (smallest stride).
+    _C.MODEL.MASKED_PRETEXT.IN_FEATURE = ""
+    # Side of the hidden squares in input pixels; about a cell wide at the CPU recipe's 512 px
+    # (the Usiigaci cells are ~35 px there), so that painting one back means knowing cells.
+    _C.MODEL.MASKED_PRETEXT.PATCH_SIZE = 32
+    # Share of the squares hidden in each image (SparK's and MAE's CNN-friendly 0.6 / 0.75).
+    _C.MODEL.MASKED_PRETEXT.MASK_RATIO = 0.6
     return cfg

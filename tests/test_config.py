@@ -59,3 +59,17 @@ def test_the_source_pretraining_stage_is_the_rows_model_and_reads_nothing_of_the
     read = stage.SISSI.SOURCE_DATASETS + stage.SISSI.TARGET_DATASETS + stage.SISSI.SOURCE_VAL_DATASETS + stage.DATASETS.TEST
     assert read and not any("usiigaci" in name for name in read)
     assert stage.SISSI.START_RULE == "never" and not stage.SISSI.ADELE.TRACK
+
+
+def test_the_target_pretext_stage_has_the_rows_backbone_and_reads_no_label():
+    """Its backbone must load into every CPU row, and a self-supervised stage may read the target's
+    images but none of its labels, weak or true, nor the test set."""
+    stage = build_config(os.path.join(ROOT, "configs", "cpu", "pretrain_target_pretext.yaml"))
+    assert stage.MODEL.META_ARCHITECTURE == "MaskedImagePretext"
+    for row in ("weak_only", "adele_sissi_s", "oracle"):
+        model = build_config(os.path.join(ROOT, "configs", "cpu", row + ".yaml")).MODEL
+        for node in ("BACKBONE", "RESNETS", "FPN", "PIXEL_MEAN", "PIXEL_STD"):
+            assert stage.MODEL[node] == model[node], node
+    assert set(stage.SISSI.SOURCE_DATASETS + stage.SISSI.TARGET_DATASETS) == {"usiigaci_train_images"}
+    assert not stage.SISSI.SOURCE_VAL_DATASETS and not stage.DATASETS.TEST
+    assert stage.SISSI.START_RULE == "never" and not stage.SISSI.ADELE.TRACK

@@ -73,7 +73,8 @@ def main():
                         help="a pretraining stage shared by every row (sissi_d2/experiments/pretrain.py): trained once "
                              "with CONFIG (on the rows' MODEL.DEVICE; other settings: a config with _BASE_), cached "
                              "under a key of its settings in <cache>/pretrain, given to every row as MODEL.WEIGHTS; "
-                             "e.g. configs/cpu/pretrain_source.yaml")
+                             "e.g. configs/cpu/pretrain_source.yaml (supervised, on the source) or "
+                             "configs/cpu/pretrain_target_pretext.yaml (self-supervised, on the target images)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ... for every row")
     args = parser.parse_args()
     try:

@@ -3,9 +3,11 @@
 Every row of the paper's Table 1 starts from the same COCO-pretrained Faster R-CNN. Nothing can be
 downloaded here, so the rows train from scratch, and the project measured that such a trunk knows
 nothing beyond its weak labels (docs/results.md, "Which premise fails"). The stand-in is the
-recipe's model trained once on something other than the target's weak labels (for example
-``configs/cpu/pretrain_source.yaml``: the labelled source alone) and handed to every row as
-``MODEL.WEIGHTS``, as the paper's rows share their pretrained weights.
+recipe's model trained once on something other than the target's weak labels and handed to every
+row as ``MODEL.WEIGHTS``, as the paper's rows share their pretrained weights: for example
+``configs/cpu/pretrain_source.yaml`` (the detector on the labelled source alone) or
+``configs/cpu/pretrain_target_pretext.yaml`` (a self-supervised pretext on the unlabelled target
+images, ``sissi_d2/modeling``; rows get its backbone only).
 
 The stage is cached under a key of its settings (:func:`pretrain_key`): a second table, or rows
 with other settings, reuse it; another pretraining setting trains another one. A killed stage
@@ -21,16 +23,20 @@ import json
 import logging
 import os
 
+import torch
+
 from ..config_builder import build_config, register_known_datasets
 from ..utils.atomic import atomic_open, atomic_write_json
 from .rows import train_row
 
-__all__ = ["pretrain_key", "pretrain_dir", "pretrained_weights", "stage_record", "WEIGHTS_NAME", "RECORD_NAME"]
+__all__ = ["pretrain_key", "pretrain_dir", "pretrained_weights", "stage_record", "WEIGHTS_NAME", "RECORD_NAME",
+           "FIGURE_NAME"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model_final.pth"
 RECORD_NAME = "pretrain.json"
+FIGURE_NAME = "pretext_reconstruction.png"
 
 
 def pretrain_key(cfg) -> str:
@@ -56,7 +62,9 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
     Writes ``<cache_root>/<key>/``: ``config.yaml``, the trainer's checkpoints while it trains
     (the newest kept, ``SISSI.DISK``; dropped once it is done), ``model_final.pth`` and
     ``pretrain.json``: key, command settings, the iteration it resumed from, seconds of training
-    in this call, and its metrics on ``DATASETS.TEST`` when the config names a test set.
+    in this call, and its metrics on ``DATASETS.TEST`` when the config names a test set. A pretext
+    stage also draws ``pretext_reconstruction.png`` (its ``figure``) and keeps only the weights a
+    detector takes.
     """
     cfg = build_config(config_file, opts, freeze=False)
     out = pretrain_dir(cfg, cache_root)
@@ -81,6 +89,8 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
               "iterations": total, "resumed_from_iteration": total - result["iterations"],
               "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}
     _drop_resume_checkpoints(out)
+    if _transfer_prefix(cfg) is not None:
+        record["figure"] = _finish_pretext_stage(cfg, final, os.path.join(out, FIGURE_NAME))
     atomic_write_json(os.path.join(out, RECORD_NAME), record)
     return final
 
@@ -90,6 +100,59 @@ def stage_record(weights: str) -> dict:
     with the path of its final ``weights``."""
     with open(os.path.join(os.path.dirname(weights), RECORD_NAME), encoding="utf-8") as f:
         return {"weights": weights, **json.load(f)}
+
+
+def _transfer_prefix(cfg):
+    """What a detector takes from the stage's weights when its meta-architecture is not a detector
+    (a self-supervised pretext names it, ``TRANSFER_PREFIX``); None for a detector stage."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    return getattr(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), "TRANSFER_PREFIX", None)
+
+
+def _finish_pretext_stage(cfg, final: str, figure: str) -> str | None:
+    """Draw the pretext's work (:func:`_pretext_figure`), then drop what a detector does not take
+    (its decoder) from the final weights, so that rows load them without unused keys. A stage
+    stopped between the two (weights already kept, record not written) keeps the figure it drew."""
+    prefix = _transfer_prefix(cfg)
+    state = torch.load(final, map_location="cpu", weights_only=False)
+    kept = {k: v for k, v in state["model"].items() if k.startswith(prefix)}
+    if not kept:
+        raise RuntimeError(f"{final} holds no weights named {prefix}*: nothing a detector could load")
+    if len(kept) == len(state["model"]):
+        return figure if os.path.isfile(figure) else None
+    _pretext_figure(cfg, state["model"], figure)
+    logger.info("Pretraining stage: keeping the %d tensors named %s* of %d in %s", len(kept), prefix,
+                len(state["model"]), final)
+    # The rest of the checkpoint (its iteration) stays: a stage stopped before its record is
+    # written resumes as finished instead of training again.
+    state["model"] = kept
+    with atomic_open(final, "wb") as f:
+        torch.save(state, f)
+    return figure
+
+
+def _pretext_figure(cfg, weights: dict, path: str, n_images: int = 3) -> None:
+    """The pretext's own work on the first training images: per image the input, what the
+    backbone saw and the hidden squares painted back."""
+    from detectron2.data.build import get_detection_dataset_dicts
+    from detectron2.modeling import build_model
+
+    from ..data.mappers import SISSISourceMapper
+    from ..modeling import reconstruction_panels
+    from ..utils.visualize import save_png, side_by_side
+
+    model = build_model(cfg)
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+    records = get_detection_dataset_dicts(list(cfg.SISSI.TARGET_DATASETS), filter_empty=False)[:n_images]
+    mapper = SISSISourceMapper(cfg, is_train=False)
+    torch.manual_seed(0)  # the same squares hidden for every stage
+    images, titles = [], []
+    for i, panels in enumerate(reconstruction_panels(model, [mapper(r) for r in records])):
+        images += list(panels)
+        titles += [f"training image {i}", "what the backbone saw", "hidden squares painted back"]
+    save_png(path, side_by_side(images, titles, ncols=3, height=384))
+    logger.info("Pretraining stage: its reconstructions are drawn in %s", path)
 
 
 def _drop_resume_checkpoints(out: str) -> None:

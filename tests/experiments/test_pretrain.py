@@ -2,6 +2,7 @@
 import json
 import os
 
+import cv2
 import pytest
 import torch
 from detectron2.engine import HookBase
@@ -74,3 +75,30 @@ def test_a_killed_stage_resumes_then_is_reused_and_rows_start_from_its_weights(t
     name = "backbone.bottom_up.stem.conv1.weight"
     assert row.start_iter == 0
     assert torch.equal(row.model.state_dict()[name], torch.as_tensor(saved[name]))
+
+
+def test_a_pretext_stage_hands_rows_its_backbone_only(tiny_datasets, tmp_path):
+    cache = str(tmp_path / "cache")
+    opts = tiny_opts(tmp_path / "ignored", "MODEL.META_ARCHITECTURE", "MaskedImagePretext",
+                     "MODEL.MASKED_PRETEXT.PATCH_SIZE", "16", "SISSI.EPOCHS", "1")
+    weights = pretrained_weights(TINY_BASE_CONFIG, cache, opts)
+    saved = torch.load(weights, map_location="cpu", weights_only=False)
+    assert saved["model"] and all(k.startswith("backbone.") for k in saved["model"])  # the decoder is gone
+    assert saved["iteration"] == stage_record(weights)["iterations"] - 1  # a resume finds it finished
+    assert stage_record(weights)["metrics"] == {}  # no labels, nothing scored
+    figure = cv2.imread(stage_record(weights)["figure"])
+    assert figure is not None and figure.shape[1] > 3 * 96  # three panels per training image
+
+    row = SISSITrainer(tiny_config(tmp_path / "row", "MODEL.WEIGHTS", weights))
+    row.resume_or_load(resume=True)
+    state = row.model.state_dict()
+    assert set(saved["model"]) == {k for k in state if k.startswith("backbone.")}
+    assert all(torch.equal(state[k], torch.as_tensor(v)) for k, v in saved["model"].items())
+    assert pretrained_weights(TINY_BASE_CONFIG, cache, opts, trainer_cls=_MustNotTrain) == weights
+
+    # stopped after its weights were cut and before its record: it finishes without training again
+    os.remove(os.path.join(os.path.dirname(weights), RECORD_NAME))
+    assert pretrained_weights(TINY_BASE_CONFIG, cache, opts) == weights
+    again = stage_record(weights)
+    assert again["resumed_from_iteration"] == again["iterations"] and again["figure"] == stage_record(weights)["figure"]
+    assert os.path.isfile(again["figure"])

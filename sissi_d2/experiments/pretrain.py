@@ -89,8 +89,9 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
               "iterations": total, "resumed_from_iteration": total - result["iterations"],
               "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}
     _drop_resume_checkpoints(out)
-    if _transfer_prefix(cfg) is not None:
-        record["figure"] = _finish_pretext_stage(cfg, final, os.path.join(out, FIGURE_NAME))
+    prefix = _transfer_prefix(cfg)
+    if prefix is not None:
+        record["figure"] = _finish_pretext_stage(cfg, prefix, final, os.path.join(out, FIGURE_NAME))
     atomic_write_json(os.path.join(out, RECORD_NAME), record)
     return final
 
@@ -110,11 +111,10 @@ def _transfer_prefix(cfg):
     return getattr(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), "TRANSFER_PREFIX", None)
 
 
-def _finish_pretext_stage(cfg, final: str, figure: str) -> str | None:
+def _finish_pretext_stage(cfg, prefix: str, final: str, figure: str) -> str | None:
     """Draw the pretext's work (:func:`_pretext_figure`), then drop what a detector does not take
     (its decoder) from the final weights, so that rows load them without unused keys. A stage
     stopped between the two (weights already kept, record not written) keeps the figure it drew."""
-    prefix = _transfer_prefix(cfg)
     state = torch.load(final, map_location="cpu", weights_only=False)
     kept = {k: v for k, v in state["model"].items() if k.startswith(prefix)}
     if not kept:

@@ -181,4 +181,15 @@ def add_sissi_config(cfg):
     _C.MODEL.MASKED_PRETEXT.PATCH_SIZE = 32
     # Share of the squares hidden in each image (SparK's and MAE's CNN-friendly 0.6 / 0.75).
     _C.MODEL.MASKED_PRETEXT.MASK_RATIO = 0.6
+
+    # ---- heads for labels that miss objects (MODEL.PROPOSAL_GENERATOR.NAME "MissingLabelRPN",
+    # MODEL.ROI_HEADS.NAME "MissingLabelROIHeads"; sissi_d2/modeling/missing_label_heads.py; not
+    # in the paper). Read only by those heads. ----
+    _C.MODEL.MISSING_LABELS = CN()
+    # A sampled negative the model already scores as a cell at >= this is left out of the loss...
+    # (above 0.5: a fresh head scores every sample near 0.5, and must first learn the background)
+    _C.MODEL.MISSING_LABELS.MIN_SCORE = 0.7
+    # ...when it overlaps no label (IoU below this with the label it was matched to): where a cell
+    # could be that nobody boxed. Shifted boxes of labelled cells keep their loss.
+    _C.MODEL.MISSING_LABELS.MAX_IOU = 0.1
     return cfg

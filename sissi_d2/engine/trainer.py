@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import modeling  # noqa: F401  (registers the pretext meta-architecture for build_model)
+from .. import modeling  # noqa: F401  (registers the model parts for build_model)
 from ..data.mappers import SISSISourceMapper, build_cut_paste_mapper, build_mapper, cloning_blur
 from ..data.two_source import TwoSourceLoader, iters_per_epoch, per_rank_batch
 from ..evaluation.evaluator import CellBoxEvaluator

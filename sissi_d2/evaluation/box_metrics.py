@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "boxes_beyond", "reference_boxes_kept", "one_to_one_matches", "METRIC_KEYS"]
+__all__ = ["coco_box_metrics", "label_set_f1", "label_failure_modes", "boxes_beyond", "reference_boxes_kept", "cell_scores_by_labelling", "one_to_one_matches", "METRIC_KEYS"]
 
 METRIC_KEYS = ("AP50", "AP75", "AP", "AR")
 
@@ -204,3 +204,38 @@ def reference_boxes_kept(gt: Mapping[object, Sequence], reference: Mapping[objec
         fp, fp_kept = fp + int((~paired).sum()), fp_kept + int((~paired & kept).sum())
         on_cells, on_cells_kept = on_cells + int(paired.sum()), on_cells_kept + int((paired & kept).sum())
     return {"false_positives": fp, "false_positives_kept": fp_kept, "on_cells": on_cells, "on_cells_kept": on_cells_kept}
+
+
+def cell_scores_by_labelling(gt: Mapping[object, Sequence], reference: Mapping[object, object],
+                             predictions: Mapping[object, tuple], found_iou: float = 0.3, iou_thr: float = 0.5,
+                             score_levels: Sequence[float] = (0.05, 0.2, 0.35, 0.5)) -> dict:
+    """How a detector scores the cells its labels miss, against the cells they box.
+
+    Cells are split as :func:`label_failure_modes` pairs them with ``reference`` (the weak
+    labels; one-to-one at IoU >= ``found_iou``): ``labelled`` and ``unlabelled``. A cell's score is
+    the highest score of a prediction ``(boxes, scores)`` on it at IoU >= ``iou_thr`` (0 if none).
+    For each group: its cells, their median score, and how many score >= each of
+    ``score_levels``. A detector that learnt every unboxed cell as background scores the
+    unlabelled cells near 0 however well it scores the labelled ones."""
+    from torchvision.ops import box_iou
+    import torch
+
+    groups = {"labelled": [], "unlabelled": []}
+    for key, true_boxes in gt.items():
+        t, r = _as_boxes(true_boxes), _label_boxes(reference, key)
+        boxes, scores = predictions.get(key, (np.zeros((0, 4)), np.zeros(0)))
+        p, s = _as_boxes(boxes), np.asarray(scores, np.float64).reshape(-1)
+        paired = np.zeros(len(t), bool)
+        paired[one_to_one_matches(t, r, found_iou)[0]] = True
+        best = np.zeros(len(t))
+        if len(t) and len(p):
+            on = box_iou(torch.as_tensor(t), torch.as_tensor(p)).numpy() >= iou_thr
+            best = np.where(on, s[None, :], 0.0).max(axis=1)
+        groups["labelled"].extend(best[paired].tolist())
+        groups["unlabelled"].extend(best[~paired].tolist())
+    out = {}
+    for name, values in groups.items():
+        v = np.asarray(values)
+        out[name] = {"cells": len(v), "median_score": float(np.median(v)) if len(v) else None,
+                     "scored_at_least": {str(level): int(np.count_nonzero(v >= level)) for level in score_levels}}
+    return out

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sissi_d2.evaluation.box_metrics import label_failure_modes, label_set_f1, one_to_one_matches
+from sissi_d2.evaluation.box_metrics import cell_scores_by_labelling, label_failure_modes, label_set_f1, one_to_one_matches
 
 
 def test_one_to_one_matching_never_reuses_a_box():
@@ -67,3 +67,18 @@ def test_reference_boxes_kept_splits_the_kept_weak_boxes_into_false_positives_an
     assert reference_boxes_kept(gt, weak, labels) == {"false_positives": 2, "false_positives_kept": 1,
                                                       "on_cells": 2, "on_cells_kept": 1}
     assert reference_boxes_kept(gt, weak, {})["on_cells_kept"] == 0
+
+
+def test_cells_are_scored_apart_by_whether_the_weak_labels_box_them():
+    truth = {"a": [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], "b": [[0, 0, 20, 20]]}
+    weak = {"a": np.array([[0, 0, 10, 11.0]]), "b": np.zeros((0, 4))}  # boxes cell a0; a1, a2, b0 unboxed
+    preds = {"a": (np.array([[0, 0, 10, 10], [20, 20, 30, 31], [0, 0, 9, 10], [40, 40, 44, 44.0]]),
+                   np.array([0.9, 0.3, 0.95, 0.99])),  # the last one is too small for a2 (IoU 0.16)
+             "b": (np.array([[0, 0, 20, 19.0]]), np.array([0.6]))}
+    got = cell_scores_by_labelling(truth, weak, preds, score_levels=(0.2, 0.5))
+    assert got["labelled"] == {"cells": 1, "median_score": 0.95, "scored_at_least": {"0.2": 1, "0.5": 1}}
+    # the unlabelled cells score 0.3 (a1), 0 (a2: no prediction at IoU >= 0.5) and 0.6 (b0)
+    assert got["unlabelled"] == {"cells": 3, "median_score": 0.3, "scored_at_least": {"0.2": 2, "0.5": 1}}
+    # an image without predictions scores its cells 0
+    empty = cell_scores_by_labelling(truth, weak, {})
+    assert empty["unlabelled"]["median_score"] == 0.0 and empty["labelled"]["scored_at_least"]["0.05"] == 0

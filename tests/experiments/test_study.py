@@ -228,3 +228,23 @@ def test_the_repair_figure_shows_the_scored_entries(tmp_path):
     png = study.repair_figure(str(tmp_path), str(tmp_path / "figs" / "f.png"))
     assert png == str(tmp_path / "figs" / "f.png") and os.path.getsize(png) > 1000
     assert "study_repaired_weak_labels.png" in study.study_report(str(tmp_path), str(tmp_path / "figs"))
+
+
+def test_the_unlabelled_cells_figure_shows_the_fusion_entries_that_scored_cells(tmp_path):
+    import json
+    import os
+
+    from sissi_d2.experiments import study
+
+    assert study.unlabelled_cells_figure(str(tmp_path), str(tmp_path / "f.png")) is None  # nothing ran yet
+    os.makedirs(tmp_path / "r5_fusion_e9_flips")  # an older fusion entry: no cell scores, left out
+    (tmp_path / "r5_fusion_e9_flips" / "study.json").write_text(json.dumps({"grid": []}))
+    assert study.unlabelled_cells_figure(str(tmp_path), str(tmp_path / "f.png")) is None
+    scores = {g: {"cells": n, "median_score": 0.5, "scored_at_least": {"0.05": n // 2, "0.5": n // 4}}
+              for g, n in (("labelled", 100), ("unlabelled", 20))}
+    name = "r7_fusion_e20_r7_missing_label_heads_s05"
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / "study.json").write_text(json.dumps({"grid": [], "cell_scores_by_weak_labelling": scores}))
+    png = study.unlabelled_cells_figure(str(tmp_path), str(tmp_path / "figs" / "f.png"))
+    assert png == str(tmp_path / "figs" / "f.png") and os.path.getsize(png) > 1000
+    assert "study_unlabelled_cell_scores.png" in study.study_report(str(tmp_path), str(tmp_path / "figs"))

@@ -1,0 +1,123 @@
+"""RPN and RoI heads that do not punish confident detections away from every label.
+
+Registered as ``MissingLabelRPN`` (``PROPOSAL_GENERATOR_REGISTRY``) and ``MissingLabelROIHeads``
+(``ROI_HEADS_REGISTRY``); select them with ``MODEL.PROPOSAL_GENERATOR.NAME`` and
+``MODEL.ROI_HEADS.NAME``. Both are Detectron2's own heads, built and initialised exactly as
+``RPN`` and ``StandardROIHeads`` (the same weights for the same seed); only their training
+losses differ: a sampled negative that the model already scores as a cell at >=
+``MODEL.MISSING_LABELS.MIN_SCORE`` and that overlaps no label (IoU < ``MAX_IOU`` with the label
+it was matched to) is left out of the objectness / classification loss
+(``algorithms.missing_labels``). Not in the paper: an option for weak labels that miss objects.
+Inference is unchanged.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
+from detectron2.modeling.proposal_generator.rpn import RPN
+from detectron2.modeling.roi_heads import StandardROIHeads
+from detectron2.structures import Boxes, Instances
+from detectron2.structures.boxes import matched_pairwise_iou
+from detectron2.utils.events import get_event_storage
+
+from ..algorithms.missing_labels import unlabelled_confident_negatives
+
+__all__ = ["MissingLabelRPN", "MissingLabelROIHeads"]
+
+# Detectron2's cross_entropy ignores this target (torch's default ignore_index).
+_IGNORED_CLASS = -100
+
+
+def _settings(cfg) -> dict:
+    return {"missing_label_min_score": float(cfg.MODEL.MISSING_LABELS.MIN_SCORE),
+            "missing_label_max_iou": float(cfg.MODEL.MISSING_LABELS.MAX_IOU)}
+
+
+def _put_ignored_share(name: str, ignored: int, negatives: int) -> None:
+    # Logged so that a run shows how many background samples the option lets go.
+    get_event_storage().put_scalar(name, ignored / max(negatives, 1))
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class MissingLabelRPN(RPN):
+    """Detectron2's RPN whose objectness loss skips confident anchors away from every label."""
+
+    @configurable
+    def __init__(self, *, missing_label_min_score: float, missing_label_max_iou: float, **kwargs):
+        super().__init__(**kwargs)
+        self.missing_label_min_score = missing_label_min_score
+        self.missing_label_max_iou = missing_label_max_iou
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {**super().from_config(cfg, input_shape), **_settings(cfg)}
+
+    def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
+        all_anchors = Boxes.cat(anchors) if isinstance(anchors, (list, tuple)) else anchors
+        logits = torch.cat(pred_objectness_logits, dim=1)  # (N, all anchors)
+        relaxed, ignored, negatives = [], 0, 0
+        for i, (labels, matched) in enumerate(zip(gt_labels, gt_boxes)):
+            label_iou = matched_pairwise_iou(all_anchors, Boxes(matched))
+            skip = unlabelled_confident_negatives(labels == 0, torch.sigmoid(logits[i]), label_iou,
+                                                  self.missing_label_min_score, self.missing_label_max_iou)
+            ignored += int(skip.sum())
+            negatives += int((labels == 0).sum())
+            relaxed.append(torch.where(skip, torch.full_like(labels, -1), labels))  # -1: not sampled
+        _put_ignored_share("rpn/ignored_negatives", ignored, negatives)
+        return super().losses(anchors, pred_objectness_logits, relaxed, pred_anchor_deltas, gt_boxes)
+
+
+@ROI_HEADS_REGISTRY.register()
+class MissingLabelROIHeads(StandardROIHeads):
+    """Detectron2's StandardROIHeads whose box classifier skips confident proposals away from every
+    label. Box regression is trained on the positives as before."""
+
+    @configurable
+    def __init__(self, *, missing_label_min_score: float, missing_label_max_iou: float, **kwargs):
+        super().__init__(**kwargs)
+        if self.train_on_pred_boxes:
+            raise ValueError("MissingLabelROIHeads does not support MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES; "
+                             "set it to False or use StandardROIHeads")
+        self.missing_label_min_score = missing_label_min_score
+        self.missing_label_max_iou = missing_label_max_iou
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {**super().from_config(cfg, input_shape), **_settings(cfg)}
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if not self.training:
+            return super()._forward_box(features, proposals)
+        # StandardROIHeads._forward_box's training path, with the targets relaxed between the
+        # prediction and the loss (the loss needs this iteration's scores).
+        feats = [features[f] for f in self.box_in_features]
+        box_features = self.box_head(self.box_pooler(feats, [x.proposal_boxes for x in proposals]))
+        predictions = self.box_predictor(box_features)
+        return self.box_predictor.losses(predictions, self._relax_targets(predictions[0], proposals))
+
+    def _relax_targets(self, scores: torch.Tensor, proposals: List[Instances]) -> List[Instances]:
+        cell_prob = 1.0 - torch.softmax(scores.detach(), dim=1)[:, -1]  # the last class is background
+        relaxed, start, ignored, negatives = [], 0, 0, 0
+        for p in proposals:
+            n = len(p)
+            classes = p.gt_classes
+            is_negative = classes == self.num_classes
+            if p.has("gt_boxes"):
+                label_iou = matched_pairwise_iou(p.proposal_boxes, p.gt_boxes)
+            else:  # an image without labels: every proposal is away from every label
+                label_iou = torch.zeros(n, device=classes.device)
+            skip = unlabelled_confident_negatives(is_negative, cell_prob[start:start + n], label_iou,
+                                                  self.missing_label_min_score, self.missing_label_max_iou)
+            start += n
+            ignored += int(skip.sum())
+            negatives += int(is_negative.sum())
+            q = Instances(p.image_size, **p.get_fields())  # the caller's proposals stay as they were
+            q.gt_classes = torch.where(skip, torch.full_like(classes, _IGNORED_CLASS), classes)
+            relaxed.append(q)
+        _put_ignored_share("roi_head/ignored_negatives", ignored, negatives)
+        if ignored and ignored == sum(len(p) for p in proposals):
+            return proposals  # nothing left to score: a mean over no sample would be NaN
+        return relaxed

@@ -92,6 +92,7 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
     prefix = _transfer_prefix(cfg)
     if prefix is not None:
         record["figure"] = _finish_pretext_stage(cfg, prefix, final, os.path.join(out, FIGURE_NAME))
+    _keep_weights_only(final, prefix or "")
     atomic_write_json(os.path.join(out, RECORD_NAME), record)
     return final
 
@@ -124,12 +125,25 @@ def _finish_pretext_stage(cfg, prefix: str, final: str, figure: str) -> str | No
     _pretext_figure(cfg, state["model"], figure)
     logger.info("Pretraining stage: keeping the %d tensors named %s* of %d in %s", len(kept), prefix,
                 len(state["model"]), final)
-    # The rest of the checkpoint (its iteration) stays: a stage stopped before its record is
-    # written resumes as finished instead of training again.
-    state["model"] = kept
-    with atomic_open(final, "wb") as f:
-        torch.save(state, f)
+    _keep_weights_only(final, prefix)
     return figure
+
+
+def _keep_weights_only(final: str, prefix: str) -> None:
+    """Leave in a finished stage's final checkpoint what rows load, the model weights named
+    ``prefix*``, and its iteration (also the trainer's), so that a stage stopped before its record
+    is written resumes as finished instead of training again. The optimizer's state (as large
+    again as the weights), the scheduler's and the hooks' go: nothing resumes a finished stage's
+    training."""
+    state = torch.load(final, map_location="cpu", weights_only=False)
+    kept = {k: v for k, v in state["model"].items() if k.startswith(prefix)}
+    # the trainer's iteration is what a resume reads (SISSITrainer.load_state_dict)
+    trainer = {"iteration": state["trainer"]["iteration"]} if "trainer" in state else None
+    slim = {"model": kept, "iteration": state["iteration"], **({"trainer": trainer} if trainer else {})}
+    if set(state) == set(slim) and state.get("trainer") == trainer and len(kept) == len(state["model"]):
+        return  # already done (a stage stopped after this step)
+    with atomic_open(final, "wb") as f:
+        torch.save(slim, f)
 
 
 def _pretext_figure(cfg, weights: dict, path: str, n_images: int = 3) -> None:

@@ -197,6 +197,11 @@ ENTRIES = [
        "r7_missing_label_heads_s05 from where its ADELE rule fired", parent="r7_missing_label_heads_s05",
        start_epoch=14, opts=["SISSI.START_RULE", "epoch:{e}"] + RECIPE_PSEUDO + ["SISSI.CLONING.MODE", "on_correction"],
        final=True),
+    # The same for seed 1 (tools/experiments.py run ... --seed 1), whose ADELE rule fired at epoch 12.
+    _e("r7_b13_adele_sissi_s", "branch", "A+SISSI(S) on r7_missing_label_heads_s05 from epoch 13: where its ADELE "
+       "rule fired in seed 1", parent="r7_missing_label_heads_s05",
+       start_epoch=13, opts=["SISSI.START_RULE", "epoch:{e}"] + RECIPE_PSEUDO + ["SISSI.CLONING.MODE", "on_correction"],
+       final=True),
     _e("r1_fusion_e10", "fusion", "first-round pseudo-labels of the trunk at epoch 10: weak-label vote x threshold",
        parent="r1_weak_only", start_epoch=10,
        grid={"SISSI.PSEUDO.WEAK_LABEL_WEIGHT": [0.0, 1.0, 2.0, 4.0], "SISSI.PSEUDO.SCORE_THRESH": [0.05, 0.15, 0.25, 0.35, 0.45]}),

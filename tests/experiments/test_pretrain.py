@@ -62,6 +62,9 @@ def test_a_killed_stage_resumes_then_is_reused_and_rows_start_from_its_weights(t
     assert stage_record(weights) == {"weights": weights, **record}  # what table1 puts in results.json
     # done: only the final weights stay (no resume checkpoints), and they are what a resume finds
     assert sorted(n for n in os.listdir(out) if n.endswith(".pth")) == [WEIGHTS_NAME]
+    # without the optimizer's state: the weights and the iteration that says the stage is done
+    final = torch.load(weights, map_location="cpu", weights_only=False)
+    assert set(final) == {"model", "iteration", "trainer"} and final["trainer"] == {"iteration": 8}
     assert open(os.path.join(out, "last_checkpoint")).read() == WEIGHTS_NAME
 
     assert pretrained_weights(TINY_BASE_CONFIG, cache, opts, trainer_cls=_MustNotTrain) == weights
@@ -85,6 +88,7 @@ def test_a_pretext_stage_hands_rows_its_backbone_only(tiny_datasets, tmp_path):
     saved = torch.load(weights, map_location="cpu", weights_only=False)
     assert saved["model"] and all(k.startswith("backbone.") for k in saved["model"])  # the decoder is gone
     assert saved["iteration"] == stage_record(weights)["iterations"] - 1  # a resume finds it finished
+    assert set(saved) == {"model", "iteration", "trainer"} and set(saved["trainer"]) == {"iteration"}  # no optimizer
     assert stage_record(weights)["metrics"] == {}  # no labels, nothing scored
     figure = cv2.imread(stage_record(weights)["figure"])
     assert figure is not None and figure.shape[1] > 3 * 96  # three panels per training image

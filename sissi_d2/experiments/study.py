@@ -178,7 +178,7 @@ ENTRIES = [
     # The premise that fails is the trunk's knowledge beyond its labels: it learns every missed cell
     # as background and finds 0.7-1.0 % of the cells beyond the weak labels (r6 above). Heads that
     # do not punish confident detections away from every label (modeling/missing_label_heads.py)
-    # leave room for it to find them; two thresholds of "confident". Chosen on the training truth
+    # leave room for it to find them; two thresholds of "confident". Judged on the training truth
     # (the fusion entries' labels: cells beyond the weak labels, F1), scored once on the test set.
     *(_e(f"r7_missing_label_heads_{tag}", "train", "the recipe's trunk with MissingLabelRPN and MissingLabelROIHeads: "
          f"negatives scored >= {score} as a cell and away from every weak label (IoU < 0.1) are left out of the loss",

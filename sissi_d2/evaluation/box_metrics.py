@@ -161,14 +161,19 @@ def label_failure_modes(gt: Mapping[object, Sequence], labels: Mapping[object, o
             "cells": cells, "labels": labelled}
 
 
-def _max_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """For each of ``boxes``, its highest IoU with any of ``others`` (0 when there are none)."""
+def _iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of each of ``boxes`` (rows) with each of ``others`` (columns); both non-empty."""
     from torchvision.ops import box_iou
     import torch
 
+    return box_iou(torch.as_tensor(boxes), torch.as_tensor(others)).numpy()
+
+
+def _max_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """For each of ``boxes``, its highest IoU with any of ``others`` (0 when there are none)."""
     if not len(boxes) or not len(others):
         return np.zeros(len(boxes))
-    return box_iou(torch.as_tensor(boxes), torch.as_tensor(others)).numpy().max(axis=1)
+    return _iou_matrix(boxes, others).max(axis=1)
 
 
 def boxes_beyond(gt: Mapping[object, Sequence], reference: Mapping[object, object], labels: Mapping[object, object],
@@ -217,9 +222,6 @@ def cell_scores_by_labelling(gt: Mapping[object, Sequence], reference: Mapping[o
     For each group: its cells, their median score, and how many score >= each of
     ``score_levels``. A detector that learnt every unboxed cell as background scores the
     unlabelled cells near 0 however well it scores the labelled ones."""
-    from torchvision.ops import box_iou
-    import torch
-
     groups = {"labelled": [], "unlabelled": []}
     for key, true_boxes in gt.items():
         t, r = _as_boxes(true_boxes), _label_boxes(reference, key)
@@ -229,7 +231,7 @@ def cell_scores_by_labelling(gt: Mapping[object, Sequence], reference: Mapping[o
         paired[one_to_one_matches(t, r, found_iou)[0]] = True
         best = np.zeros(len(t))
         if len(t) and len(p):
-            on = box_iou(torch.as_tensor(t), torch.as_tensor(p)).numpy() >= iou_thr
+            on = _iou_matrix(t, p) >= iou_thr
             best = np.where(on, s[None, :], 0.0).max(axis=1)
         groups["labelled"].extend(best[paired].tolist())
         groups["unlabelled"].extend(best[~paired].tolist())

@@ -90,9 +90,10 @@ def pretrained_weights(config_file: str, cache_root: str, opts=(), trainer_cls=N
               "seconds": round(result["seconds"], 1), "metrics": result["metrics"]}
     _drop_resume_checkpoints(out)
     prefix = _transfer_prefix(cfg)
+    state = torch.load(final, map_location="cpu", weights_only=False)
     if prefix is not None:
-        record["figure"] = _finish_pretext_stage(cfg, prefix, final, os.path.join(out, FIGURE_NAME))
-    _keep_weights_only(final, prefix or "")
+        record["figure"] = _pretext_figure_once(cfg, prefix, final, state, os.path.join(out, FIGURE_NAME))
+    _keep_weights_only(final, state, prefix or "")
     atomic_write_json(os.path.join(out, RECORD_NAME), record)
     return final
 
@@ -112,36 +113,34 @@ def _transfer_prefix(cfg):
     return getattr(META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE), "TRANSFER_PREFIX", None)
 
 
-def _finish_pretext_stage(cfg, prefix: str, final: str, figure: str) -> str | None:
-    """Draw the pretext's work (:func:`_pretext_figure`), then drop what a detector does not take
-    (its decoder) from the final weights, so that rows load them without unused keys. A stage
-    stopped between the two (weights already kept, record not written) keeps the figure it drew."""
-    state = torch.load(final, map_location="cpu", weights_only=False)
-    kept = {k: v for k, v in state["model"].items() if k.startswith(prefix)}
+def _pretext_figure_once(cfg, prefix: str, final: str, state: dict, figure: str) -> str | None:
+    """Draw the pretext's work (:func:`_pretext_figure`) from its full final ``state`` (loaded from
+    ``final``) while the decoder is still in it. A stage stopped after its weights were cut and
+    before its record was written keeps the figure it drew (None if there is none)."""
+    model = state["model"]
+    kept = [k for k in model if k.startswith(prefix)]
     if not kept:
         raise RuntimeError(f"{final} holds no weights named {prefix}*: nothing a detector could load")
-    if len(kept) == len(state["model"]):
+    if len(kept) == len(model):
         return figure if os.path.isfile(figure) else None
-    _pretext_figure(cfg, state["model"], figure)
-    logger.info("Pretraining stage: keeping the %d tensors named %s* of %d in %s", len(kept), prefix,
-                len(state["model"]), final)
-    _keep_weights_only(final, prefix)
+    _pretext_figure(cfg, model, figure)
     return figure
 
 
-def _keep_weights_only(final: str, prefix: str) -> None:
-    """Leave in a finished stage's final checkpoint what rows load, the model weights named
-    ``prefix*``, and its iteration (also the trainer's), so that a stage stopped before its record
-    is written resumes as finished instead of training again. The optimizer's state (as large
-    again as the weights), the scheduler's and the hooks' go: nothing resumes a finished stage's
-    training."""
-    state = torch.load(final, map_location="cpu", weights_only=False)
+def _keep_weights_only(final: str, state: dict, prefix: str) -> None:
+    """Rewrite a finished stage's final checkpoint ``final`` (loaded as ``state``) with what rows
+    load, the model weights named ``prefix*`` (a pretext's backbone: no unused keys in the rows),
+    and its iteration (also the trainer's), so that a stage stopped before its record is written
+    resumes as finished instead of training again. The optimizer's state (as large again as the
+    weights), the scheduler's and the hooks' go: nothing resumes a finished stage's training."""
     kept = {k: v for k, v in state["model"].items() if k.startswith(prefix)}
     # the trainer's iteration is what a resume reads (SISSITrainer.load_state_dict)
     trainer = {"iteration": state["trainer"]["iteration"]} if "trainer" in state else None
     slim = {"model": kept, "iteration": state["iteration"], **({"trainer": trainer} if trainer else {})}
     if set(state) == set(slim) and state.get("trainer") == trainer and len(kept) == len(state["model"]):
         return  # already done (a stage stopped after this step)
+    logger.info("Pretraining stage: keeping the %d tensors named %s* of %d, without the optimizer's state, in %s",
+                len(kept), prefix, len(state["model"]), final)
     with atomic_open(final, "wb") as f:
         torch.save(slim, f)
 

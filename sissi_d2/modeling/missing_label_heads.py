@@ -56,7 +56,7 @@ class MissingLabelRPN(RPN):
         return {**super().from_config(cfg, input_shape), **_settings(cfg)}
 
     def losses(self, anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes):
-        all_anchors = Boxes.cat(anchors) if isinstance(anchors, (list, tuple)) else anchors
+        all_anchors = Boxes.cat(anchors)  # one list per level, as the labels and logits are concatenated
         logits = torch.cat(pred_objectness_logits, dim=1)  # (N, all anchors)
         relaxed, ignored, negatives = [], 0, 0
         for i, (labels, matched) in enumerate(zip(gt_labels, gt_boxes)):

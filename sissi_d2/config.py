@@ -192,4 +192,11 @@ def add_sissi_config(cfg):
     # ...when it overlaps no label (IoU below this with the label it was matched to): where a cell
     # could be that nobody boxed. Shifted boxes of labelled cells keep their loss.
     _C.MODEL.MISSING_LABELS.MAX_IOU = 0.1
+    # The confidence rule above can be switched off, leaving only the crowd rule below.
+    _C.MODEL.MISSING_LABELS.SKIP_CONFIDENT = True
+    # Labels with COCO's "iscrowd": 1 become regions that are neither cells nor background: the
+    # mappers keep them (field gt_ignore) and the heads leave out of the loss the sampled negatives
+    # that overlap one as much as a positive would overlap its label (RPN: IoU >= its background
+    # threshold, 0.3; RoI head: IoU >= 0.5). Off: crowd labels are dropped, as in Detectron2.
+    _C.MODEL.MISSING_LABELS.IGNORE_CROWD = False
     return cfg

@@ -189,12 +189,14 @@ def read_label_json(path) -> dict:
     """COCO json (weak labels, a pseudo-label snapshot) -> image key -> (Nx4 XYXY, scores).
 
     Every image of the json is present, with empty arrays when it has no box; boxes without a
-    ``score`` get 1."""
+    ``score`` get 1. Crowd regions (``"iscrowd": 1``) are not labels and are left out."""
     data = read_coco_json(path)
     by_id = {im["id"]: image_key(im["file_name"]) for im in data["images"]}
     boxes = {k: [] for k in by_id.values()}
     scores = {k: [] for k in by_id.values()}
     for ann in data.get("annotations") or []:
+        if ann.get("iscrowd"):
+            continue
         key = by_id[ann["image_id"]]
         x, y, w, h = ann["bbox"]
         boxes[key].append([x, y, x + w, y + h])
@@ -205,9 +207,10 @@ def read_label_json(path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # COCO json out
 # ---------------------------------------------------------------------------------------------
-def records_with_boxes(records: Sequence[dict], labels: Mapping[str, object]) -> list:
+def records_with_boxes(records: Sequence[dict], labels: Mapping[str, object], crowd: Mapping[str, object] = None) -> list:
     """Copies of ``records`` (image fields only) with the boxes of ``labels`` (image key -> Nx4 XYXY)
-    as their annotations, in the records' order; an image that ``labels`` lacks is left out."""
+    as their annotations, in the records' order; an image that ``labels`` lacks is left out. The
+    boxes of ``crowd`` (same form) follow as crowd regions (``"iscrowd": 1``)."""
     BoxMode = _box_mode()
     out = []
     for r in records:
@@ -215,6 +218,8 @@ def records_with_boxes(records: Sequence[dict], labels: Mapping[str, object]) ->
         if boxes is None:
             continue
         anns = [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0} for b in boxes]
+        anns += [{"bbox": [float(v) for v in b], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0, "iscrowd": 1}
+                 for b in (crowd or {}).get(image_key(r), ())]
         out.append({"file_name": r["file_name"], "height": r["height"], "width": r["width"],
                     "image_id": r["image_id"], "annotations": anns})
     return out

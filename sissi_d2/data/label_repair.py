@@ -14,6 +14,9 @@ Weak boxes are paired with cells exactly as ``label_failure_modes`` pairs them: 
 * ``missed_cells``: the true box of every cell paired with no weak box is added;
 * ``loose_boxes``: every paired weak box becomes its cell's true box.
 
+:func:`missed_cells` gives the true boxes of the cells no weak box is paired with, so that a study
+entry can mark them as neither cells nor background (COCO crowd regions) instead of adding them.
+
 Labels are ``{image key: Nx4 XYXY boxes}`` (a ``(boxes, scores)`` pair is accepted and its scores
 dropped: a repaired set is trained on, every box alike). Pure: no model, no catalog.
 """
@@ -25,7 +28,7 @@ import numpy as np
 
 from ..evaluation.box_metrics import one_to_one_matches
 
-__all__ = ["REPAIRS", "repair_labels"]
+__all__ = ["REPAIRS", "repair_labels", "missed_cells"]
 
 REPAIRS = ("false_positives", "missed_cells", "loose_boxes")
 
@@ -34,6 +37,18 @@ def _boxes(value) -> np.ndarray:
     if isinstance(value, tuple):
         value = value[0]
     return np.asarray(value, np.float64).reshape(-1, 4)
+
+
+def _image_pairs(labels: Mapping[str, object], truth: Mapping[str, object], found_iou: float):
+    """(image key, true boxes, labelled boxes) of every image of ``truth``, after the checks."""
+    if not 0.0 < found_iou <= 1.0:
+        raise ValueError(f"found_iou {found_iou} must be in (0, 1]")
+    extra = sorted(set(labels) - set(truth))
+    if extra:
+        raise ValueError(f"{len(extra)} labelled image(s) have no true labels to repair from, e.g. {extra[:3]}; "
+                         "the truth must cover every labelled image")
+    for key, true_value in truth.items():
+        yield key, _boxes(true_value), _boxes(labels.get(key, np.zeros((0, 4))))
 
 
 def repair_labels(labels: Mapping[str, object], truth: Mapping[str, object], repairs: Iterable[str],
@@ -47,16 +62,8 @@ def repair_labels(labels: Mapping[str, object], truth: Mapping[str, object], rep
     unknown = [r for r in repairs if r not in REPAIRS]
     if unknown or not repairs:
         raise ValueError(f"repairs {list(repairs)!r}: name one or more of {list(REPAIRS)}")
-    if not 0.0 < found_iou <= 1.0:
-        raise ValueError(f"found_iou {found_iou} must be in (0, 1]")
-    extra = sorted(set(labels) - set(truth))
-    if extra:
-        raise ValueError(f"{len(extra)} labelled image(s) have no true labels to repair from, e.g. {extra[:3]}; "
-                         "the truth must cover every labelled image")
     out = {}
-    for key, true_value in truth.items():
-        t = _boxes(true_value)
-        p = _boxes(labels.get(key, np.zeros((0, 4))))
+    for key, t, p in _image_pairs(labels, truth, found_iou):
         i, j, _ = one_to_one_matches(t, p, found_iou)
         paired = p[j].copy()
         if "loose_boxes" in repairs:
@@ -71,4 +78,17 @@ def repair_labels(labels: Mapping[str, object], truth: Mapping[str, object], rep
             missed[i] = False
             keep.append(t[missed])
         out[key] = np.concatenate(keep).reshape(-1, 4)
+    return out
+
+
+
+def missed_cells(labels: Mapping[str, object], truth: Mapping[str, object], found_iou: float = 0.3) -> dict:
+    """The true boxes of the cells of ``truth`` paired with no box of ``labels`` (the pairing of
+    :func:`repair_labels`), for every image of ``truth``: what ``missed_cells`` would add."""
+    out = {}
+    for key, t, p in _image_pairs(labels, truth, found_iou):
+        i, _, _ = one_to_one_matches(t, p, found_iou)
+        missed = np.ones(len(t), bool)
+        missed[i] = False
+        out[key] = t[missed].reshape(-1, 4)
     return out

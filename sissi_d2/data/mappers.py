@@ -52,6 +52,16 @@ def cloning_blur(cfg) -> tuple[int, float]:
     return BLUR_PRESETS[preset]
 
 
+def _check_crowd_heads(cfg) -> None:
+    # Detectron2's own heads would train a crowd region as a cell: refuse rather than do that.
+    heads = (cfg.MODEL.PROPOSAL_GENERATOR.NAME, cfg.MODEL.ROI_HEADS.NAME)
+    if heads != ("MissingLabelRPN", "MissingLabelROIHeads"):
+        raise ValueError(
+            f"MODEL.MISSING_LABELS.IGNORE_CROWD needs the heads that read crowd regions, got "
+            f"MODEL.PROPOSAL_GENERATOR.NAME={heads[0]!r} and MODEL.ROI_HEADS.NAME={heads[1]!r}: set them to "
+            "'MissingLabelRPN' and 'MissingLabelROIHeads', or IGNORE_CROWD to False")
+
+
 @SISSI_MAPPER_REGISTRY.register()
 class SISSISourceMapper:
     """Read any bit depth, resize, apply the paper's augmentations, build ``Instances``."""
@@ -66,6 +76,9 @@ class SISSISourceMapper:
         self.image_format = cfg.INPUT.FORMAT
         if self.image_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT={self.image_format!r}: sissi_d2 mappers support BGR and RGB")
+        self.ignore_crowd = bool(cfg.MODEL.MISSING_LABELS.IGNORE_CROWD)
+        if self.ignore_crowd:
+            _check_crowd_heads(cfg)
 
     def read(self, record) -> np.ndarray:
         image = read_bgr8(record["file_name"])
@@ -97,9 +110,11 @@ class SISSISourceMapper:
         annos = [
             utils.transform_instance_annotations(obj, transforms, (h, w))
             for obj in record.pop("annotations", [])
-            if obj.get("iscrowd", 0) == 0
+            if self.ignore_crowd or obj.get("iscrowd", 0) == 0
         ]
         instances = utils.annotations_to_instances(annos, (h, w))
+        if self.ignore_crowd:  # read by modeling.missing_label_heads, which take these out of the labels
+            instances.gt_ignore = torch.tensor([bool(a.get("iscrowd", 0)) for a in annos], dtype=torch.bool)
         # Augmentations can push boxes out of the frame; clip, then drop the empty ones.
         instances.gt_boxes.clip((h, w))
         record["instances"] = utils.filter_empty_instances(instances)

@@ -23,21 +23,15 @@ from ..algorithms.adele import MemorisationDetector
 from ..algorithms.ema import EMATeacher
 from ..data.label_files import image_key, load_coco_boxes, save_records_as_coco
 from ..evaluation.box_metrics import coco_box_metrics
+from ..evaluation.evaluator import records_ground_truth
 from ..utils.atomic import atomic_open, atomic_write_json
 from .inference import RecordPredictor
 from .label_cache import labeller_key, read_cached_labels, write_cached_labels
 from .start_rules import MEMORISATION, SOURCE_VAL, StartSignals
 
-__all__ = ["EpochHook", "MemorisationHook", "SourceValLossHook", "LabelCorrectionHook", "boxes_of"]
+__all__ = ["EpochHook", "MemorisationHook", "SourceValLossHook", "LabelCorrectionHook"]
 
 logger = logging.getLogger(__name__)
-
-
-def boxes_of(records) -> dict:
-    return {
-        image_key(r): np.asarray([a["bbox"] for a in r.get("annotations", [])], np.float64).reshape(-1, 4)
-        for r in records
-    }
 
 
 class EpochHook(HookBase):
@@ -64,7 +58,7 @@ class MemorisationHook(EpochHook):
 
     def __init__(self, cfg, weak_records, iters_per_epoch: int, horizon: int, output_dir=None):
         super().__init__(iters_per_epoch)
-        self.weak_boxes = boxes_of(weak_records)
+        self.weak_boxes = records_ground_truth(weak_records)
         self.records = list(weak_records)
         self.predictor = RecordPredictor(cfg)
         self.max_dets = cfg.SISSI.EVAL.MAX_DETS
@@ -302,7 +296,7 @@ class LabelCorrectionHook(EpochHook):
 
     def correct_labels(self, epoch: int):
         # the initial weak labels vote in the fusion only with SISSI.PSEUDO.WEAK_LABEL_WEIGHT > 0
-        weak = {"weak_boxes": boxes_of(self.initial_records)} if self.weak_label_weight > 0 else {}
+        weak = {"weak_boxes": records_ground_truth(self.initial_records)} if self.weak_label_weight > 0 else {}
         labeller = self.trainer.model
         if self.teacher is not None:
             if not self.teacher.started:

@@ -30,9 +30,11 @@ logger = logging.getLogger(__name__)
 
 
 def records_ground_truth(records) -> dict:
-    """file basename -> Nx4 XYXY boxes of a list of dataset dicts."""
+    """file basename -> Nx4 XYXY boxes of a list of dataset dicts (crowd regions left out: they
+    are not labels, see ``MODEL.MISSING_LABELS.IGNORE_CROWD``)."""
     return {
-        image_key(r): np.asarray([a["bbox"] for a in r.get("annotations", [])], dtype=np.float64).reshape(-1, 4)
+        image_key(r): np.asarray([a["bbox"] for a in r.get("annotations", []) if not a.get("iscrowd", 0)],
+                                 dtype=np.float64).reshape(-1, 4)
         for r in records
     }
 

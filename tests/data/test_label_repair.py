@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sissi_d2.data.label_repair import REPAIRS, repair_labels
+from sissi_d2.data.label_repair import REPAIRS, missed_cells, repair_labels
 from sissi_d2.evaluation.box_metrics import label_failure_modes
 
 # three cells: one boxed tightly, one boxed loosely (IoU 0.45 with its cell: found, not tight),
@@ -54,3 +54,29 @@ def test_images_without_labels_and_bad_arguments():
         repair_labels(WEAK, TRUTH, [])
     with pytest.raises(ValueError, match="found_iou"):
         repair_labels(WEAK, TRUTH, ["loose_boxes"], found_iou=0.0)
+
+
+def test_the_missed_cells_are_what_the_missed_cell_repair_adds_and_become_crowd_regions(tmp_path):
+    from sissi_d2.data.label_files import image_key, load_coco_boxes, records_with_boxes, save_records_as_coco
+    from sissi_d2.evaluation.evaluator import records_ground_truth
+
+    truth = {**TRUTH, "b": np.array([[5, 5, 15, 15]], float)}
+    missed = missed_cells(WEAK, truth)
+    assert _rows(missed["a"]) == _rows(TRUTH["a"][2:]) and _rows(missed["b"]) == _rows(truth["b"])
+    assert _rows(np.vstack([WEAK["a"], missed["a"]])) == _rows(repair_labels(WEAK, truth, ["missed_cells"])["a"])
+    with pytest.raises(ValueError, match="no true labels"):
+        missed_cells({**WEAK, "c": np.zeros((0, 4))}, TRUTH)
+    # written as crowd regions: kept in the file, and no label to anything that reads labels
+    import cv2
+
+    records = [{"file_name": str(tmp_path / f"{k}.png"), "height": 100, "width": 100, "image_id": k} for k in "ab"]
+    for r in records:
+        cv2.imwrite(r["file_name"], np.zeros((100, 100), np.uint8))
+    truth, missed = {image_key(r): truth[k] for k, r in zip("ab", records)}, {image_key(r): missed[k] for k, r in zip("ab", records)}
+    weak = {image_key(records[0]): WEAK["a"], image_key(records[1]): np.zeros((0, 4))}
+    path = save_records_as_coco(records_with_boxes(records, weak, missed), str(tmp_path / "labels.json"))
+    back = load_coco_boxes(path)
+    assert [a.get("iscrowd", 0) for a in back[0]["annotations"]] == [0, 0, 0, 1]
+    assert [a.get("iscrowd", 0) for a in back[1]["annotations"]] == [1]
+    labels = records_ground_truth(back)
+    assert _rows(labels[image_key(records[0])]) == _rows(WEAK["a"]) and labels[image_key(records[1])].shape == (0, 4)

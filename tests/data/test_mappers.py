@@ -67,3 +67,24 @@ def test_a_negative_cloning_cache_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="CLONING.CACHE_MB"):
         build_mapper(tiny_config(tmp_path, "SISSI.CLONING.CACHE_MB", "-1"), "target", True, cloning=True)
+
+
+def test_crowd_labels_are_kept_as_ignored_regions_only_when_asked_and_with_heads_that_read_them(tiny_datasets, tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from sissi_d2.data.mappers import build_mapper
+
+    off = ("SISSI.AUG.HFLIP_PROB", "0.0", "SISSI.AUG.VFLIP_PROB", "0.0", "SISSI.AUG.SSR_PROB", "0.0",
+           "SISSI.AUG.BLUR_PROB", "0.0", "SISSI.AUG.CHANNEL_SHUFFLE_PROB", "0.0")
+    heads = ("MODEL.PROPOSAL_GENERATOR.NAME", "MissingLabelRPN", "MODEL.ROI_HEADS.NAME", "MissingLabelROIHeads")
+    record = dict(DatasetCatalog.get("tiny_target")[0])
+    labels = len(record["annotations"])
+    assert labels > 0
+    record["annotations"] = record["annotations"] + [{**record["annotations"][0], "iscrowd": 1}]
+    dropped = build_mapper(tiny_config(tmp_path, *off), "target", True)(dict(record))["instances"]
+    assert len(dropped) == labels and not dropped.has("gt_ignore")  # Detectron2's behaviour
+    kept = build_mapper(tiny_config(tmp_path, *off, *heads, "MODEL.MISSING_LABELS.IGNORE_CROWD", "True"),
+                        "target", True)(dict(record))["instances"]
+    assert kept.gt_ignore.tolist() == [False] * labels + [True]
+    with pytest.raises(ValueError, match="MissingLabelRPN"):  # Detectron2's heads would train it as a cell
+        build_mapper(tiny_config(tmp_path, "MODEL.MISSING_LABELS.IGNORE_CROWD", "True"), "target", True)

@@ -10,7 +10,7 @@ def test_every_entry_builds_and_branches_keep_the_parents_past(tmp_path):
     assert len(names) == len(set(names))
     for e in study.ENTRIES:
         if e.kind == "fusion":
-            assert study.entry(e.parent).kind == "train" and e.grid
+            assert study.entry(e.parent).kind in ("train", "repaired") and e.grid
             # a flip subset is fused from the views the sweep computed: the recipe's four flips
             flips = study.entry_config(study.entry(e.parent), str(tmp_path), study.FLIP_VIEWS).SISSI.PSEUDO.FLIPS
             assert all(set(v) <= set(flips) for v in e.grid.get("SISSI.PSEUDO.FLIPS", [])), e.name
@@ -154,8 +154,12 @@ def test_a_repaired_entry_trains_the_trunk_on_weak_labels_repaired_from_the_trut
         cfg = study.entry_config(e, str(tmp_path))
         assert cfg.SISSI.TARGET_DATASETS == (e.name,)
         assert cfg.SISSI.REGISTER == (f"{e.name}=coco:{labels}",)
-        # the recipe's trunk (configs/cpu/weak_only.yaml) but for the labels it trains on
-        assert set(past_differences(cfg, trunk)) == {"SISSI.TARGET_DATASETS", "SISSI.REGISTER"}
+        # the recipe's trunk (configs/cpu/weak_only.yaml) but for the labels it trains on (and, for
+        # crowd regions, the heads that read them)
+        heads = {"MODEL.PROPOSAL_GENERATOR.NAME", "MODEL.ROI_HEADS.NAME", "MODEL.MISSING_LABELS.SKIP_CONFIDENT",
+                 "MODEL.MISSING_LABELS.IGNORE_CROWD"} if e.ignore_missed else set()
+        assert set(past_differences(cfg, trunk)) == {"SISSI.TARGET_DATASETS", "SISSI.REGISTER"} | heads
+    assert [e.name for e in repaired if e.ignore_missed] == ["r8_ignore_missed_cells"]
 
 
 def test_a_repaired_entry_without_weak_labels_names_the_command(tmp_path):
@@ -174,7 +178,7 @@ def test_a_repaired_entrys_labels_are_written_and_registered_as_its_target(tmp_p
     from detectron2.data import DatasetCatalog
 
     from sissi_d2.config_builder import register_from_spec
-    from sissi_d2.data.label_files import image_key, read_label_json
+    from sissi_d2.data.label_files import image_key, load_coco_boxes, read_label_json
     from sissi_d2.experiments import study
     from sissi_d2.experiments.report import dataset_truth
 
@@ -198,6 +202,14 @@ def test_a_repaired_entrys_labels_are_written_and_registered_as_its_target(tmp_p
         for spec in cfg.SISSI.REGISTER:
             register_from_spec(spec)
         assert sum(len(r["annotations"]) for r in DatasetCatalog.get(e.name)) == sum(len(b) for b in true_boxes.values())
+        # the missed cells as crowd regions instead: the weak labels stay the labels, the cells they
+        # miss are written as regions that the mapper hands to the heads as neither cell nor background
+        e = study.entry("r8_ignore_missed_cells")
+        path = study.write_repaired_labels(e, str(tmp_path / "out"), weak_dataset="tiny_target")
+        labels = read_label_json(path)
+        assert {k: len(b) for k, (b, _) in labels.items()} == weak
+        crowd = sum(1 for r in load_coco_boxes(path) for a in r["annotations"] if a.get("iscrowd"))
+        assert crowd == sum(len(b) for b in true_boxes.values()) - sum(weak.values())
     finally:
         DatasetCatalog.remove("tiny_target_truth")
 

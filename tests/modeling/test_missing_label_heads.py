@@ -46,15 +46,23 @@ def test_they_are_built_from_the_config_as_detectron2s_heads_with_the_same_weigh
         assert torch.equal(p["instances"].pred_boxes.tensor, q["instances"].pred_boxes.tensor)
 
 
-def test_with_no_confident_negative_the_losses_are_detectron2s(tmp_path):
-    ours, theirs = _models(tmp_path, "MODEL.MISSING_LABELS.MIN_SCORE", "1.0")
+def _training_losses(tmp_path, *opts):
+    """One training forward of our heads and of Detectron2's on the same batch and seed: both
+    losses and what our heads logged."""
+    ours, theirs = _models(tmp_path, *opts)
     ours.train(), theirs.train()
     with EventStorage() as storage:
         torch.manual_seed(0)
         a = ours(_batch())
         torch.manual_seed(0)
         b = theirs(_batch())
-        assert storage.history("roi_head/ignored_negatives").latest() == 0.0
+        logged = {k: v.latest() for k, v in storage.histories().items() if "ignored" in k}
+    return a, b, logged
+
+
+def test_with_no_confident_negative_the_losses_are_detectron2s(tmp_path):
+    a, b, logged = _training_losses(tmp_path, "MODEL.MISSING_LABELS.MIN_SCORE", "1.0")
+    assert logged["roi_head/ignored_negatives"] == 0.0
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k]) for k in a)
 
 
@@ -127,3 +135,76 @@ def test_training_steps_log_the_share_left_out_and_give_finite_losses(tmp_path):
 def test_predicting_boxes_for_training_is_refused(tmp_path):
     with pytest.raises(ValueError, match="TRAIN_ON_PRED_BOXES"):
         build_model(tiny_config(tmp_path, *HEADS, "MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES", "True"))
+
+
+CROWD_ONLY = ("MODEL.MISSING_LABELS.SKIP_CONFIDENT", "False", "MODEL.MISSING_LABELS.IGNORE_CROWD", "True")
+
+
+def _with_crowd(boxes, crowd):
+    inst = Instances((96, 96))
+    inst.gt_boxes = Boxes(torch.tensor(boxes + crowd).reshape(-1, 4))
+    inst.gt_classes = torch.zeros(len(boxes) + len(crowd), dtype=torch.long)
+    inst.gt_ignore = torch.tensor([False] * len(boxes) + [True] * len(crowd), dtype=torch.bool)
+    return inst
+
+
+def test_without_the_confidence_rule_and_crowd_regions_the_losses_are_detectron2s(tmp_path):
+    a, b, logged = _training_losses(tmp_path, "MODEL.MISSING_LABELS.SKIP_CONFIDENT", "False",
+                                    "MODEL.MISSING_LABELS.MIN_SCORE", "0.01")  # the rule would skip nearly all if on
+    assert logged == {}  # no share logged: nothing of ours ran
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_the_rpn_makes_anchors_near_a_crowd_region_neither_cells_nor_background(tmp_path):
+    rpn = build_model(tiny_config(tmp_path, *HEADS, *CROWD_ONLY)).proposal_generator
+    anchors = [Boxes(torch.tensor([[8.0, 8, 40, 40], [50, 50, 90, 80], [52, 52, 92, 82], [0, 60, 20, 90]]))]
+    target = _with_crowd([[8.0, 8, 40, 40]], [[50.0, 50, 90, 80]])
+    with EventStorage() as storage:
+        (labels,), (matched,) = rpn.label_and_sample_anchors(anchors, [target])
+        assert storage.history("rpn/crowd_ignored_negatives").latest() == pytest.approx(2 / 3)
+    (plain,), (plain_matched,) = RPN.label_and_sample_anchors(rpn, anchors, [target[~target.gt_ignore]])
+    # Detectron2 without the crowd region: the label's anchor is a cell, the other three background;
+    # with it, the two anchors on the region are neither, the far one stays background
+    assert plain.tolist() == [1, 0, 0, 0] and labels.tolist() == [1, -1, -1, 0]
+    assert torch.equal(matched, plain_matched)  # boxes are matched to the labels only
+
+
+def test_the_roi_head_leaves_proposals_on_a_crowd_region_out_and_never_proposes_the_region(tmp_path):
+    heads = build_model(tiny_config(tmp_path, *HEADS, *CROWD_ONLY)).roi_heads
+    p = Instances((96, 96))
+    p.proposal_boxes = Boxes(torch.tensor([[50.0, 50, 90, 80], [54, 54, 92, 82], [0, 60, 20, 90], [30, 0, 60, 20]]))
+    p.objectness_logits = torch.zeros(4)
+    target = _with_crowd([[8.0, 8, 40, 40]], [[50.0, 50, 90, 80]])
+    with EventStorage() as storage:
+        (sampled,) = heads.label_and_sample_proposals([p], [target])
+        boxes = sampled.proposal_boxes.tensor.tolist()
+        # the label is added as a proposal (PROPOSAL_APPEND_GT), the crowd region is not added twice
+        assert boxes.count([8.0, 8, 40, 40]) == 1 and boxes.count([50.0, 50, 90, 80]) == 1
+        near = {tuple(b): bool(n) for b, n in zip(boxes, sampled.near_crowd)}
+        assert near == {(8.0, 8, 40, 40): False, (50.0, 50, 90, 80): True, (54.0, 54, 92, 82): True,
+                        (0.0, 60, 20, 90): False, (30.0, 0, 60, 20): False}
+        scores = torch.zeros(len(sampled), 2)
+        relaxed = heads._relax_targets(scores, [sampled])
+        assert storage.history("roi_head/crowd_ignored_negatives").latest() == pytest.approx(2 / 4)
+        assert "roi_head/ignored_negatives" not in storage.histories()  # the confidence rule is off
+    classes = {tuple(b): int(c) for b, c in zip(boxes, relaxed[0].gt_classes)}
+    assert classes == {(8.0, 8, 40, 40): 0, (50.0, 50, 90, 80): -100, (54.0, 54, 92, 82): -100,
+                       (0.0, 60, 20, 90): 1, (30.0, 0, 60, 20): 1}
+
+
+def test_training_with_crowd_regions_gives_finite_losses_and_logs_their_shares(tmp_path):
+    ours, _ = _models(tmp_path, *CROWD_ONLY)
+    ours.train()
+    batch = _batch()
+    batch[0]["instances"] = _with_crowd([[8.0, 8, 40, 40]], [[50.0, 50, 90, 80]])
+    batch[1]["instances"] = _with_crowd([], [])
+    optimizer = torch.optim.SGD(ours.parameters(), lr=0.01)
+    with EventStorage() as storage:
+        for _ in range(2):
+            losses = ours(batch)
+            assert all(torch.isfinite(v) for v in losses.values())
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+        assert storage.history("rpn/crowd_ignored_negatives").latest() > 0
+        assert 0.0 <= storage.history("roi_head/crowd_ignored_negatives").latest() <= 1.0

@@ -62,9 +62,8 @@ def _put_ignored_share(name: str, ignored: int, negatives: int) -> None:
     get_event_storage().put_scalar(name, ignored / max(negatives, 1))
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
-class MissingLabelRPN(RPN):
-    """Detectron2's RPN whose objectness loss skips confident anchors away from every label."""
+class _MissingLabelSettings:
+    """``MODEL.MISSING_LABELS`` read on top of the Detectron2 head's own settings (mixed in first)."""
 
     @configurable
     def __init__(self, *, missing_label_min_score: float, missing_label_max_iou: float, skip_confident: bool = True,
@@ -77,6 +76,11 @@ class MissingLabelRPN(RPN):
     @classmethod
     def from_config(cls, cfg, input_shape):
         return {**super().from_config(cfg, input_shape), **_settings(cfg)}
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class MissingLabelRPN(_MissingLabelSettings, RPN):
+    """Detectron2's RPN whose objectness loss skips confident anchors away from every label."""
 
     @torch.no_grad()
     def label_and_sample_anchors(self, anchors, gt_instances):
@@ -115,24 +119,15 @@ class MissingLabelRPN(RPN):
 
 
 @ROI_HEADS_REGISTRY.register()
-class MissingLabelROIHeads(StandardROIHeads):
+class MissingLabelROIHeads(_MissingLabelSettings, StandardROIHeads):
     """Detectron2's StandardROIHeads whose box classifier skips confident proposals away from every
     label. Box regression is trained on the positives as before."""
 
-    @configurable
-    def __init__(self, *, missing_label_min_score: float, missing_label_max_iou: float, skip_confident: bool = True,
-                 **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.train_on_pred_boxes:
             raise ValueError("MissingLabelROIHeads does not support MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES; "
                              "set it to False or use StandardROIHeads")
-        self.missing_label_min_score = missing_label_min_score
-        self.missing_label_max_iou = missing_label_max_iou
-        self.skip_confident = skip_confident
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        return {**super().from_config(cfg, input_shape), **_settings(cfg)}
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:

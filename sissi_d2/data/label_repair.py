@@ -39,6 +39,13 @@ def _boxes(value) -> np.ndarray:
     return np.asarray(value, np.float64).reshape(-1, 4)
 
 
+def _unpaired(n: int, paired) -> np.ndarray:
+    """Bool mask of the ``n`` boxes whose index is not in ``paired``."""
+    mask = np.ones(n, bool)
+    mask[paired] = False
+    return mask
+
+
 def _image_pairs(labels: Mapping[str, object], truth: Mapping[str, object], found_iou: float):
     """(image key, true boxes, labelled boxes) of every image of ``truth``, after the checks."""
     if not 0.0 < found_iou <= 1.0:
@@ -70,16 +77,11 @@ def repair_labels(labels: Mapping[str, object], truth: Mapping[str, object], rep
             paired = t[i].copy()
         keep = [paired]
         if "false_positives" not in repairs:
-            unpaired = np.ones(len(p), bool)
-            unpaired[j] = False
-            keep.append(p[unpaired])
+            keep.append(p[_unpaired(len(p), j)])
         if "missed_cells" in repairs:
-            missed = np.ones(len(t), bool)
-            missed[i] = False
-            keep.append(t[missed])
+            keep.append(t[_unpaired(len(t), i)])
         out[key] = np.concatenate(keep).reshape(-1, 4)
     return out
-
 
 
 def missed_cells(labels: Mapping[str, object], truth: Mapping[str, object], found_iou: float = 0.3) -> dict:
@@ -88,7 +90,5 @@ def missed_cells(labels: Mapping[str, object], truth: Mapping[str, object], foun
     out = {}
     for key, t, p in _image_pairs(labels, truth, found_iou):
         i, _, _ = one_to_one_matches(t, p, found_iou)
-        missed = np.ones(len(t), bool)
-        missed[i] = False
-        out[key] = t[missed].reshape(-1, 4)
+        out[key] = t[_unpaired(len(t), i)].reshape(-1, 4)
     return out

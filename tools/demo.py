@@ -48,9 +48,10 @@ warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+import numpy as np  # noqa: E402
 import sissi_d2  # noqa: E402,F401  (compatibility patches before detectron2)
 from sissi_d2.experiments.demo import (  # noqa: E402
-    FULL_DATA, METRICS, QUICK_DATA, QUICK_OPTS, TEST_SET, TRUNK, Clock, _read_json, _write_json, gt_boxes, label_quality,
+    FULL_DATA, LABEL_MODES, METRICS, QUICK_DATA, QUICK_OPTS, TEST_SET, TRUNK, Clock, _read_json, _write_json, gt_boxes, label_quality,
     make_figures, prepare_data, prepare_weak_labels, prune_checkpoints, register, results_table, row_evaluation,
     setup_logging, train_rows, write_report,
 )
@@ -65,6 +66,9 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-root", default=None,
                    help="synthetic data folder (default: synthetic_root(), i.e. env SISSI_SYNTHETIC_ROOT or "
                         "<cache>/synthetic; with --quick <that>_quick)")
+    p.add_argument("--oracle", action="store_true",
+                   help="also train the Oracle (the true labels of the target training images) beside the trunk: "
+                        "the budget's ceiling; a few more minutes (docs/demo.md)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep every epoch's checkpoint (the branch points); default: only model_final.pth")
     p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
     manifest = prepare_data(root, sizes, args.seed, clock)
     weak = prepare_weak_labels(root, output, manifest, clock)
     register(root, clock)
-    info = train_rows(output, opts, args.seed, clock, [manifest["params"], weak["hash"]])
+    info = train_rows(output, opts, args.seed, clock, [manifest["params"], weak["hash"]], oracle=args.oracle)
 
     clock.say("Step 5/6: results on the target test set")
     from sissi_d2.evaluation.box_metrics import coco_box_metrics
@@ -101,6 +105,10 @@ def main(argv=None) -> int:
     test_gt = gt_boxes(TEST_SET)
     evals = {row: row_evaluation(row, info) for row in info["cfgs"]}
     weak_test = coco_box_metrics(test_gt, weak["test"], max_dets=max_dets)
+    # The same boxes with every score 1: what the pipeline's ranking adds to them as detections,
+    # which a detector trained on the boxes never sees (training counts every box alike).
+    unranked = {k: (b, np.ones(len(b), np.float32)) for k, (b, _) in weak["test"].items()}
+    weak_test_unranked = coco_box_metrics(test_gt, unranked, max_dets=max_dets)
     weak_train = coco_box_metrics(gt_boxes("synth_target_train_oracle"), weak["train"], max_dets=max_dets)
     fired = info["adele_fired_epoch"]
     plan_a, plan_b = info["plans"].get("adele_sissi_s"), info["plans"].get("baseline")
@@ -109,6 +117,8 @@ def main(argv=None) -> int:
          "rule": "-", "cloning": "-", "start": "-", "metrics": weak_train},
         {"key": "weak_labels_test", "name": "Weak labels (as detections)", "on": "target test", "rule": "-",
          "cloning": "-", "start": "-", "metrics": weak_test},
+        {"key": "weak_labels_test_unranked", "name": "Weak labels (unranked: scores all 1)", "on": "target test",
+         "rule": "-", "cloning": "-", "start": "-", "metrics": weak_test_unranked},
         {"key": "weak_only", "name": "Weak-only", "on": "target test", "rule": "never", "cloning": "never",
          "start": "-", "metrics": evals["weak_only"]["metrics"]},
         {"key": "baseline", "name": "Baseline", "on": "target test", "rule": "source val loss", "cloning": "never",
@@ -116,6 +126,9 @@ def main(argv=None) -> int:
         {"key": "adele_sissi_s", "name": "A+SISSI(S)", "on": "target test", "rule": "ADELE", "cloning": "strong",
          "start": f"epoch {plan_a[0]}" if plan_a else "never", "metrics": evals["adele_sissi_s"]["metrics"]},
     ]
+    if "oracle" in evals:
+        table_rows.append({"key": "oracle", "name": "Oracle (true labels)", "on": "target test", "rule": "never",
+                           "cloning": "never", "start": "-", "metrics": evals["oracle"]["metrics"]})
     table = results_table(table_rows)
     print("\n" + table + "\n", flush=True)
     quality = label_quality(weak, info, max_dets)
@@ -135,7 +148,7 @@ def main(argv=None) -> int:
         "data": manifest, "weak_label_settings": weak["settings"],
         "rows": {r["key"]: {"name": r["name"], "evaluated_on": r["on"], "correction_from": r["start"],
                             **{m: r["metrics"].get(m) for m in METRICS}} for r in table_rows},
-        "training_label_quality": [{"labels": q["labels"], **{m: q["metrics"].get(m) for m in METRICS},
+        "training_label_quality": [{"labels": q["labels"], **{m: q["metrics"].get(m) for m in list(METRICS) + LABEL_MODES},
                                     "num_boxes": q["metrics"].get("num_pred")} for q in quality],
         "adele_fired_epoch": fired, "memorisation": info["memorisation"],
         "baseline_start_epoch": plan_b[0] if plan_b else None, "baseline_best_epoch": plan_b[1] if plan_b else None,

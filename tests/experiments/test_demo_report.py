@@ -35,3 +35,33 @@ def test_pseudo_labels_worse_than_weak_labels():
     text = interpretation(_rows(46.1, 40.0, 30.0, 40.0), _quality((58.5, 35.1), (50.0, 40.0), (45.0, 50.0)), {})
     assert "stayed worse than the weak labels" in text
     assert "By epoch" not in text  # no memorisation record, no claim about it
+
+
+def test_oracle_below_the_weak_labels_means_the_budget_caps_the_detector():
+    rows = _rows(55.9, 35.3, 26.0, 35.3) + [{"key": "oracle", "metrics": {"AP50": 49.8}}]
+    text = interpretation(rows, _quality((58.2, 36.6), (61.5, 25.0)), {})
+    assert "**The premise fails.**" in text
+    assert "**The budget caps the detector.**" in text and "49.8" in text
+    assert "What the labels cost" not in text
+
+
+def test_oracle_above_the_weak_labels_says_what_the_labels_cost():
+    rows = _rows(53.4, 46.9, 40.3, 46.9) + [{"key": "oracle", "metrics": {"AP50": 64.6}}]
+    text = interpretation(rows, _quality((58.2, 36.6), (61.5, 25.0)), {})
+    assert "**What the labels cost.**" in text
+    assert "Weak-only 17.7 AP50 below it" in text  # 64.6 - 46.9
+    assert "scores 83 % of it" in text  # 53.4 / 64.6
+    assert "budget caps" not in text
+
+
+def test_no_oracle_row_no_oracle_sentence():
+    text = interpretation(_rows(53.4, 46.9, 40.3, 46.9), _quality((58.2, 36.6), (61.5, 25.0)), {})
+    assert "Oracle" not in text and "budget caps" not in text
+
+
+def test_premise_fails_but_beats_the_unranked_labels():
+    rows = _rows(53.4, 48.6, 31.5, 48.6) + [{"key": "weak_labels_test_unranked", "metrics": {"AP50": 38.7}}]
+    text = interpretation(rows, _quality((58.2, 36.6), (64.2, 27.4)), {})
+    assert "**The premise fails.**" in text and "It does beat the same boxes unranked (38.7 AP50" in text
+    rows[-1]["metrics"]["AP50"] = 50.0  # above Weak-only: no such sentence
+    assert "unranked" not in interpretation(rows, _quality((58.2, 36.6), (64.2, 27.4)), {})

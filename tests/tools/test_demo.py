@@ -19,10 +19,10 @@ TOOL = os.path.join(ROOT, "tools", "demo.py")
 ROW_NAMES = ("Weak-only", "Baseline", "A+SISSI(S)")
 
 
-def _run(out, tmp, timeout=900):
+def _run(out, tmp, timeout=900, extra=()):
     env = dict(os.environ, SISSI_SYNTHETIC_ROOT=str(tmp / "synthetic"), SISSI_CACHE_DIR=str(tmp / "cache"),
                PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, TOOL, "--quick", "--output", str(out)], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, TOOL, "--quick", "--output", str(out), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -48,7 +48,10 @@ def test_report_table_and_figures(demo):
         img = cv2.imread(str(path))
         assert img is not None and img.shape[0] > 50 and img.shape[1] > 100, fig
     results = json.loads((out / "results.json").read_text())
-    assert set(results["rows"]) == {"weak_labels_train", "weak_labels_test", "weak_only", "baseline", "adele_sissi_s"}
+    assert set(results["rows"]) == {"weak_labels_train", "weak_labels_test", "weak_labels_test_unranked", "weak_only",
+                                    "baseline", "adele_sissi_s"}
+    # the same boxes without their ranking can only lose AP (scores all 1: ties in file order)
+    assert results["rows"]["weak_labels_test_unranked"]["AP50"] <= results["rows"]["weak_labels_test"]["AP50"] + 1e-6
     for key, row in results["rows"].items():
         for m in ("AP50", "AP75", "AP", "AR"):
             assert row[m] is None or math.isnan(row[m]) or 0.0 <= row[m] <= 100.0, (key, m, row[m])
@@ -100,3 +103,20 @@ def test_second_run_reuses_everything(demo):
     after = json.loads((demo["out"] / "results.json").read_text())
     for key in before["rows"]:
         assert after["rows"][key]["AP50"] == pytest.approx(before["rows"][key]["AP50"]), key
+
+
+def test_oracle_added_to_a_finished_demo_trains_the_oracle_only(demo):
+    before = json.loads((demo["out"] / "results.json").read_text())
+    stdout = _run(demo["out"], demo["tmp"], extra=("--oracle",))
+    assert "training again" not in stdout, "the trunk and its branches keep their weights"
+    trained = [r for r, b in before["branches"].items() if not b["same_as"]]
+    assert stdout.count("trained earlier, reused") == len(trained)
+    assert "Oracle: epoch 0/" in stdout and "trained on true labels" in stdout, "the Oracle trains, on the true labels"
+    after = json.loads((demo["out"] / "results.json").read_text())
+    assert after["rows"]["oracle"]["name"] == "Oracle (true labels)"
+    assert 0.0 <= after["rows"]["oracle"]["AP50"] <= 100.0
+    for key in before["rows"]:
+        assert after["rows"][key]["AP50"] == pytest.approx(before["rows"][key]["AP50"]), key
+    report = (demo["out"] / "report.md").read_text()
+    assert "| Oracle (true labels)" in report and "**Oracle** (`oracle.yaml`, `--oracle`)" in report
+    assert os.path.isfile(demo["out"] / "rows" / "oracle" / "model_final.pth")

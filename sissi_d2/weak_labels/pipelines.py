@@ -595,6 +595,29 @@ def available_pipelines() -> list[str]:
     return sorted(name for name, _ in WEAK_LABEL_PIPELINE_REGISTRY)
 
 
+def drop_small_boxes(labels: dict, fraction: float) -> tuple[dict, float]:
+    """A label SET without its boxes smaller than ``fraction`` x the set's median box area.
+
+    ``labels``: image key -> (boxes Nx4 XYXY, scores N). Returns the filtered dict (every key kept,
+    possibly with no box) and the area threshold in px² (0 when the set holds no box). A set-level
+    rule, scale-free: a per-image minimum area (``min_area``) must be set in pixels for one cell
+    size, while this one follows the labels. Why it exists: pipelines box debris specks much
+    smaller than a cell; a detector trained on them learns specks as cells, and the pipeline's
+    own scores, which rank them last, never reach training (docs/experiments.md, "The demo's test
+    set and its Oracle")."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), got {fraction!r}")
+    boxes_of = [np.asarray(b, np.float64).reshape(-1, 4) for b, _ in labels.values()]
+    areas = [np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None) for b in boxes_of]
+    every = np.concatenate(areas) if areas else np.zeros(0)
+    threshold = float(fraction * np.median(every)) if len(every) else 0.0
+    out = {}
+    for (key, (boxes, scores)), area in zip(labels.items(), areas):
+        keep = area >= threshold
+        out[key] = (np.asarray(boxes, np.float32).reshape(-1, 4)[keep], np.asarray(scores, np.float32).reshape(-1)[keep])
+    return out, threshold
+
+
 def make_weak_labels(image: np.ndarray, pipeline: str = "alive", cell_size: float = 1.0, **kwargs):
     """Run the registered pipeline ``pipeline`` on ``image`` -> (boxes Nx4 XYXY, scores N)."""
     names = available_pipelines()

@@ -7,10 +7,12 @@ import glob
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -120,3 +122,18 @@ def test_oracle_added_to_a_finished_demo_trains_the_oracle_only(demo):
     report = (demo["out"] / "report.md").read_text()
     assert "| Oracle (true labels)" in report and "**Oracle** (`oracle.yaml`, `--oracle`)" in report
     assert os.path.isfile(demo["out"] / "rows" / "oracle" / "model_final.pth")
+
+
+def test_weak_labels_without_debris_sized_boxes(demo):
+    """The demo's weak labels drop the boxes under a quarter of their set's median box (debris)."""
+    from sissi_d2.data.label_files import read_label_json
+
+    log = (demo["out"] / "log.txt").read_text()
+    found = re.search(r"dropped (\d+) of (\d+) boxes smaller than 0.25 x the median box \((\d+) px²\)", log)
+    assert found, "the first weak-label set (target train) reports what it dropped"
+    kept, threshold = int(found.group(2)) - int(found.group(1)), float(found.group(3))
+    assert "`drop_small_boxes`" in (demo["out"] / "report.md").read_text()
+    labels = read_label_json(demo["tmp"] / "synthetic_quick" / "target_train_weak.json")
+    areas = np.concatenate([(b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) for b, _ in labels.values()])
+    assert len(areas) == kept > 0
+    assert areas.min() >= threshold - 0.5  # the log rounds the threshold

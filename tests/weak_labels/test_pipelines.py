@@ -357,3 +357,30 @@ def test_nms_keeps_best_of_overlapping_boxes():
     keep = nms(np.array([[0, 0, 10, 9.5], [0, 0, 10, 10]]), np.ones(2), 0.5)
     assert keep.tolist() == [1]
     assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+
+
+def test_drop_small_boxes_uses_the_median_of_the_whole_set():
+    from sissi_d2.weak_labels import drop_small_boxes
+
+    cells = np.array([[0, 0, 20, 20], [30, 30, 50, 50], [60, 0, 80, 20]], np.float32)  # 400 px² each
+    speck = np.array([[5, 60, 12, 67]], np.float32)  # 49 px²: below 0.25 x 400
+    edge = np.array([[90, 90, 100, 100]], np.float32)  # 100 px²: exactly 0.25 x 400, kept
+    labels = {
+        "a.png": (np.vstack([cells, speck]), np.array([0.9, 0.8, 0.7, 0.1], np.float32)),
+        "b.png": (np.vstack([cells[:1], edge]), np.array([0.6, 0.5], np.float32)),
+        "c.png": (speck, np.array([0.2], np.float32)),  # only a speck: left with no box
+        "d.png": (np.zeros((0, 4), np.float32), np.zeros(0, np.float32)),
+    }
+    out, threshold = drop_small_boxes(labels, 0.25)
+    assert threshold == pytest.approx(100.0)  # median of [400 x 4, 49 x 2, 100] = 400
+    assert set(out) == set(labels)
+    np.testing.assert_array_equal(out["a.png"][0], cells)
+    np.testing.assert_allclose(out["a.png"][1], [0.9, 0.8, 0.7], rtol=1e-6)  # scores follow their boxes
+    np.testing.assert_array_equal(out["b.png"][0], np.vstack([cells[:1], edge]))
+    assert out["c.png"][0].shape == (0, 4) and out["c.png"][1].shape == (0,)
+    assert out["d.png"][0].shape == (0, 4)
+    # fraction 0 keeps everything; an empty set gives threshold 0; a bad fraction is refused
+    assert sum(len(b) for b, _ in drop_small_boxes(labels, 0.0)[0].values()) == 7
+    assert drop_small_boxes({"e.png": labels["d.png"]}, 0.25)[1] == 0.0
+    with pytest.raises(ValueError, match="fraction"):
+        drop_small_boxes(labels, 1.0)

@@ -548,9 +548,8 @@ def interpretation(table_rows: list, quality: list, info: dict) -> str:
             copied = ""
             if ap_weak and len(checked) == len(ap_weak):
                 copied = (f" By epoch {checked[-1]} it reproduced its weak labels on the training images at "
-                          f"{100 * max(ap_weak):.1f} % AP50: the weak labels' errors here are regular enough to be "
-                          "learnt as if they were cells (on the real data the same recipe reached 56-57 % against its "
-                          "weak labels by epoch 12 and ended above them, docs/results.md).")
+                          f"{100 * max(ap_weak):.1f} % AP50, their errors included (on the real data the same recipe "
+                          "reached 56-57 % against its weak labels by epoch 12 and ended above them, docs/results.md).")
             out.append(f"**The premise fails.** Trained on the weak labels alone, the detector scores {weak_only:.1f} "
                        f"AP50 on the test images, not above the weak-label pipeline itself ({weak_test:.1f}): it has "
                        "not learnt more than its labels hold." + copied)

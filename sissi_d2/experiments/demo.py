@@ -42,7 +42,8 @@ REAL_WEAK_LABEL_FAILURES = "17.2 % missed, 35.1 % false positives, 19.7 % loose 
 
 # Data set sizes: images per split and their size (square).
 # 40 test images (495-550 cells): with 8 (about 100 cells) a row's test AP50 moved by up to 12 points
-# with which images were drawn (docs/demo.md, "The test set"); scoring the extra images costs seconds.
+# with which images were drawn (docs/experiments.md, "The demo's test set and its Oracle"); scoring
+# the extra images costs seconds.
 FULL_DATA = dict(n_source_train=40, n_source_val=8, n_target_train=16, n_target_test=40, size=256)
 QUICK_DATA = dict(n_source_train=8, n_source_val=2, n_target_train=4, n_target_test=2, size=128)
 
